@@ -1,0 +1,1 @@
+"""Converters: packaged backbones to HF checkpoints, original adapter weights to hf_vadapter, and the adapter-only Hub push."""

@@ -1,0 +1,83 @@
+"""Atomic folder writes and checked safetensors reads.
+
+A save goes to a temporary sibling folder and is renamed into place only once every file is flushed, so a process
+killed mid-save leaves the previous checkpoint intact. Reads accept safetensors only (no pickle) and turn a truncated
+or corrupt file into a `CheckpointError` that names the file.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterator, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError
+
+PathLike = Union[str, os.PathLike]
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: PathLike, merge_existing: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces `target` in one rename.
+
+    With `merge_existing=True` the files already in `target` are copied in first, so a save that writes only some
+    files (an adapter next to a processor, say) keeps the others. On any exception the temporary folder is removed
+    and `target` is left as it was.
+    """
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        if merge_existing and target.is_dir():
+            shutil.copytree(target, staging, dirs_exist_ok=True)
+        yield staging
+        _fsync_tree(staging)
+        if target.exists():
+            # Swap: move the old folder aside first, so that some complete folder exists at every instant.
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.rename(target, retired / target.name)
+            os.rename(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def save_safetensors(tensors: Dict[str, torch.Tensor], path: PathLike, metadata: Dict[str, str] = None) -> None:
+    """Write `tensors` as safetensors (contiguous, detached, on CPU) with `format: pt` metadata."""
+    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
+    save_file(tensors, str(path), metadata={"format": "pt", **(metadata or {})})
+
+
+def load_safetensors(path: PathLike, device: str = "cpu") -> Dict[str, torch.Tensor]:
+    """Read a safetensors file, turning a missing, truncated or corrupt file into a `CheckpointError`."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"Refusing to load {path}: hf_vadapter loads only .safetensors files, never pickles.")
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint file {path} does not exist.")
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"Could not read {path} ({error}). The file is truncated or corrupt; re-save or re-download it."
+        ) from error

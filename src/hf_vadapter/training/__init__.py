@@ -1,0 +1,1 @@
+"""Training on the HF Trainer: arguments, collator, feature cache, trainer and stages."""

@@ -1,0 +1,92 @@
+"""`VisionAdapterConfig`: a frozen vision tower, a frozen causal LM, and the adapter between them."""
+
+from typing import Any, Dict, Optional, Union
+
+from transformers import AutoConfig, PretrainedConfig
+
+from .adapter_config import AdapterConfig
+from .adapters import adapter_config_from_dict
+from .errors import AdapterConfigError
+
+
+class VisionAdapterConfig(PretrainedConfig):
+    """Configuration of a `VisionAdapterForCausalLM`.
+
+    Args:
+        vision_config: config of the frozen vision tower (a dict or a `PretrainedConfig`; ViT, CLIP/SigLIP vision,
+            DINOv2, ...).
+        text_config: config of the frozen causal LM.
+        adapter_config: the adapter's config dataclass (`MLPProjectorConfig`, `PerceiverResamplerConfig`,
+            `PaLM2VAdapterConfig`, `EPALMConfig`, `LlamaAdapterV2Config`) or its dict. It also says which tower
+            layers and tokens the adapter reads (`feature_layers`, `feature_select`).
+        image_size: the side of the square images fed to the tower (taken from the image processor).
+        image_token: the placeholder string the processor expands.
+        image_token_id: the placeholder's id. It is the processor's own and may lie outside the LM vocabulary: the
+            model replaces placeholders before the embedding lookup, so the LM's embeddings are never resized.
+        num_image_tokens: placeholders per image, fixed by the adapter and the tower geometry.
+        vision_model_name_or_path / text_model_name_or_path / vision_revision / text_revision: the bases.
+    """
+
+    model_type = "vision_adapter"
+    sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
+
+    def __init__(
+        self,
+        vision_config: Optional[Union[Dict[str, Any], PretrainedConfig]] = None,
+        text_config: Optional[Union[Dict[str, Any], PretrainedConfig]] = None,
+        adapter_config: Optional[Union[Dict[str, Any], AdapterConfig]] = None,
+        image_size: Optional[int] = None,
+        image_token: str = "<image>",
+        image_token_id: Optional[int] = None,
+        num_image_tokens: Optional[int] = None,
+        vision_model_name_or_path: Optional[str] = None,
+        vision_revision: Optional[str] = None,
+        text_model_name_or_path: Optional[str] = None,
+        text_revision: Optional[str] = None,
+        **kwargs,
+    ):
+        self.vision_config = _as_config(vision_config, "vision_config")
+        self.text_config = _as_config(text_config, "text_config")
+        if adapter_config is None:
+            adapter_config = {"adapter_type": "mlp_projector"}
+        self.adapter_config = adapter_config_from_dict(adapter_config).to_dict()
+        if image_size is None and self.vision_config is not None:
+            image_size = getattr(self.vision_config, "image_size", None)
+        self.image_size = image_size
+        self.image_token = image_token
+        self.image_token_id = image_token_id
+        self.num_image_tokens = num_image_tokens
+        self.vision_model_name_or_path = vision_model_name_or_path
+        self.vision_revision = vision_revision
+        self.text_model_name_or_path = text_model_name_or_path
+        self.text_revision = text_revision
+        # PretrainedConfig.__init__ would reset the sub-configs' attention backends to None: keep the bases' own.
+        kwargs.setdefault(
+            "attn_implementation",
+            {name: getattr(getattr(self, name), "_attn_implementation", None) for name in self.sub_configs},
+        )
+        super().__init__(**kwargs)
+
+    @property
+    def adapter(self) -> AdapterConfig:
+        """The adapter config as its dataclass."""
+        return adapter_config_from_dict(self.adapter_config)
+
+    @property
+    def vision_feature_layers(self):
+        return self.adapter.feature_layers
+
+    @property
+    def vision_feature_select(self) -> str:
+        return self.adapter.feature_select
+
+
+def _as_config(value, name: str) -> Optional[PretrainedConfig]:
+    if value is None or isinstance(value, PretrainedConfig):
+        return value
+    if isinstance(value, dict):
+        if "model_type" not in value:
+            raise AdapterConfigError(f"{name} needs a 'model_type' entry to know which architecture it describes.")
+        values = dict(value)
+        return AutoConfig.for_model(values.pop("model_type"), **values)
+    raise AdapterConfigError(f"{name} must be a dict or a PretrainedConfig, got {type(value).__name__}.")

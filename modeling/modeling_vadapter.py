@@ -1,0 +1,486 @@
+"""`VisionAdapterForCausalLM`: a frozen vision tower and a frozen causal LM joined by a small trainable adapter.
+
+Reading order: the output dataclass, the shared base class, then the model: construction from two checkpoints,
+image features, the forward pass (placeholders -> visual tokens, loss at supervised positions only), generation,
+and adapter-only save/load.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import cached_file
+
+from .adapter_config import ADAPTER_WEIGHTS_NAME, AdapterConfig
+from .adapters import build_adapter
+from .configuration_vadapter import VisionAdapterConfig
+from .errors import BackboneMismatchError, CheckpointError, ImageTokenMismatchError, InvalidPromptError
+from .mlp_projector import MLPProjectorConfig
+from .processing_vadapter import image_size_of, placeholder_token_id
+from .safe_io import atomic_directory, load_safetensors, save_safetensors
+from .vision_features import VisionGeometry, check_pixel_values, select_features
+
+FULL_WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json")
+# The Auto classes a saved folder maps to this model's code.
+AUTO_MAP_MODEL_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText")
+
+
+@dataclass
+class VisionAdapterOutputWithPast(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus the in-layer adapter context that decode steps reuse.
+
+    When `labels` are given, `logits` holds only the supervised positions, flattened to [N, V]: the LM head is
+    never computed where no loss is taken.
+    """
+
+    adapter_context: Optional[Any] = None
+
+
+class VisionAdapterPreTrainedModel(PreTrainedModel):
+    config: VisionAdapterConfig
+    config_class = VisionAdapterConfig
+    base_model_prefix = ""
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    # Forward hooks and Python control flow in the adapters: not traced as one graph.
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The bases arrive initialised (or loaded); adapter modules initialise themselves in their constructors
+        # (zero-init gates stay exactly zero), so there is nothing left to do here.
+        return
+
+
+class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
+    """A frozen `vision_tower`, a trainable `adapter` and a frozen `language_model` (any `*ForCausalLM`).
+
+    Build one from two checkpoints with `from_vision_text_pretrained`, train the adapter, save it alone with
+    `save_adapter`, and load it back with `from_adapter_pretrained` or `AutoModelForCausalLM.from_pretrained(...,
+    trust_remote_code=True)`.
+    """
+
+    _auto_class = "AutoModelForCausalLM"
+
+    def __init__(
+        self,
+        config: VisionAdapterConfig,
+        vision_tower: Optional[PreTrainedModel] = None,
+        language_model: Optional[PreTrainedModel] = None,
+    ):
+        super().__init__(config)
+        self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
+        self.language_model = (
+            language_model if language_model is not None else AutoModelForCausalLM.from_config(config.text_config)
+        )
+        self.geometry = VisionGeometry.from_config(config.vision_config, config.image_size)
+        self.adapter = build_adapter(config.adapter, self.geometry, config.text_config)
+        self.adapter.attach(self.language_model)
+        if config.num_image_tokens not in (None, self.adapter.num_image_tokens):
+            raise BackboneMismatchError(
+                f"The config says num_image_tokens={config.num_image_tokens}, but the adapter on this tower produces "
+                f"{self.adapter.num_image_tokens} visual tokens per image."
+            )
+        config.num_image_tokens = self.adapter.num_image_tokens
+        self._freeze_bases()
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------------------- parts
+
+    def _freeze_bases(self) -> None:
+        for module in (self.vision_tower, self.language_model):
+            module.requires_grad_(False)
+        for name in self.adapter.trainable_base_parameter_names():
+            self.language_model.get_parameter(name).requires_grad_(True)
+
+    def train(self, mode: bool = True) -> "VisionAdapterForCausalLM":
+        """Train the adapter; the frozen bases stay in eval mode (no dropout, fixed norm statistics).
+
+        With gradient checkpointing on, the LM's checkpointed layers alone keep `training=mode`, because
+        transformers only checkpoints layers that are training; their submodules (dropouts) stay in eval.
+        """
+        super().train(mode)
+        self.vision_tower.eval()
+        self.language_model.eval()
+        for module in self.language_model.modules():
+            if getattr(module, "gradient_checkpointing", False):
+                module.training = mode
+        return self
+
+    def get_nb_trainable_parameters(self) -> Tuple[int, int]:
+        """(trainable, total) parameter counts, as PEFT reports them."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable, sum(p.numel() for p in self.parameters())
+
+    def print_trainable_parameters(self) -> str:
+        """Print and return `trainable params: N || all params: M || trainable%: P`, as PEFT does."""
+        trainable, total = self.get_nb_trainable_parameters()
+        line = f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        print(line)
+        return line
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    # ----------------------------------------------------------------------------------------------- images
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tower features the adapter reads, [B, T, L, S, Dv], from pixel_values [B, C, H, W] or [B, T, C, H, W]."""
+        check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.config.image_size)
+        adapter_config = self.config.adapter
+        with torch.no_grad():
+            return select_features(
+                self.vision_tower,
+                pixel_values.to(self.vision_tower.dtype),
+                self.geometry,
+                adapter_config.feature_layers,
+                adapter_config.feature_select,
+                adapter_config.feature_norm,
+            )
+
+    def _merge_image_tokens(
+        self, input_ids: torch.Tensor, image_mask: torch.Tensor, image_tokens: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """Embed `input_ids` [B, S] and put the visual tokens [N_img, N, D] at the placeholders: [B, S, D]."""
+        num_placeholders = int(image_mask.sum())
+        num_visual = 0 if image_tokens is None else image_tokens.shape[0] * image_tokens.shape[1]
+        if num_placeholders != num_visual:
+            raise ImageTokenMismatchError(
+                f"The text holds {num_placeholders} `{self.config.image_token}` placeholder tokens but the images give "
+                f"{num_visual} visual tokens ({self.config.num_image_tokens} per image). Build inputs with the "
+                "model's processor, which expands each placeholder, and pass one image per placeholder."
+            )
+        text_ids = input_ids.masked_fill(image_mask, 0)  # placeholders may lie outside the LM vocabulary
+        vocab_size = self.get_input_embeddings().num_embeddings
+        if int(text_ids.max()) >= vocab_size or int(text_ids.min()) < 0:
+            raise InvalidPromptError(
+                f"input_ids hold ids outside the LM vocabulary (0..{vocab_size - 1}) that are not image placeholders."
+            )
+        embeds = self.get_input_embeddings()(text_ids)  # [B, S, D]
+        if image_tokens is None:
+            return embeds
+        return embeds.masked_scatter(image_mask.unsqueeze(-1), image_tokens.to(embeds.dtype))
+
+    # ----------------------------------------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        pixel_values: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values=None,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        logits_to_keep: Union[int, torch.Tensor] = 0,
+        image_features: Optional[torch.Tensor] = None,
+        adapter_context: Optional[Any] = None,
+        **kwargs,
+    ) -> VisionAdapterOutputWithPast:
+        r"""
+        Args:
+            input_ids: [B, S] token ids, with each image's placeholders already expanded by the processor.
+            pixel_values: [N_img, C, H, W] images in placeholder order, or [B, T, C, H, W] frames.
+            image_features: precomputed tower features [B, T, L, S, Dv] (a feature cache) instead of pixel_values.
+            labels: [B, S] targets, -100 where nothing is supervised. Logits and loss are computed at the
+                supervised positions only.
+            adapter_context: the in-layer context of a previous prefill, carried by `generate`.
+        """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if pixel_values is not None and image_features is None:
+            image_features = self.get_image_features(pixel_values)
+        image_tokens = None
+        if image_features is not None:
+            image_tokens, adapter_context = self.adapter.embed_images(image_features.to(self.dtype))
+        image_mask = None
+        if input_ids is not None:
+            image_mask = input_ids == self.config.image_token_id  # [B, S]
+            inputs_embeds = self._merge_image_tokens(input_ids, image_mask, image_tokens)
+        elif image_tokens is not None:
+            raise ValueError("Images need input_ids with placeholders, not inputs_embeds.")
+
+        if position_ids is None and attention_mask is not None:
+            # Positions follow the mask, so left-padded rows see the same positions as unpadded single runs.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
+        if labels is not None:
+            # Logit at t predicts token t + 1: keep only positions whose next token is supervised.
+            next_labels = labels[:, 1:]
+            logits_to_keep = torch.zeros_like(labels, dtype=torch.bool)
+            logits_to_keep[:, :-1] = next_labels != -100
+
+        with self.adapter.injected(adapter_context, image_mask):
+            outputs = self.language_model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+
+        loss = None
+        if labels is not None:
+            targets = next_labels[next_labels != -100]  # [N]
+            loss = nn.functional.cross_entropy(outputs.logits.float(), targets, reduction="sum")
+            loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1))
+        return VisionAdapterOutputWithPast(
+            loss=loss,
+            logits=outputs.logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            adapter_context=adapter_context if self.adapter.context_persists else None,
+        )
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs) -> Dict[str, Any]:
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        if getattr(outputs, "adapter_context", None) is not None:
+            model_kwargs["adapter_context"] = outputs.adapter_context
+        return model_kwargs
+
+    # ----------------------------------------------------------------------------------------------- building
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str,
+        text_model_name_or_path: str,
+        adapter_config: Optional[AdapterConfig] = None,
+        *,
+        vision_revision: Optional[str] = None,
+        text_revision: Optional[str] = None,
+        image_size: Optional[int] = None,
+        image_token: str = "<image>",
+        image_token_id: Optional[int] = None,
+        dtype: Optional[torch.dtype] = None,
+        attn_implementation: Optional[str] = None,
+        **load_kwargs,
+    ) -> "VisionAdapterForCausalLM":
+        """Join a pretrained vision tower and a pretrained causal LM (Hub ids or local folders) with a new adapter.
+
+        The bases keep their loaded weights; only the adapter is freshly initialised. `image_size` defaults to the
+        tower's image processor size, and `image_token_id` to the id the LM's tokenizer gives `image_token` once
+        the processor adds it (`len(tokenizer)` for a new token).
+        """
+        shared = dict(dtype=dtype, **load_kwargs)
+        vision_tower = load_vision_tower(vision_model_name_or_path, revision=vision_revision, **shared)
+        language_model = AutoModelForCausalLM.from_pretrained(
+            text_model_name_or_path, revision=text_revision, attn_implementation=attn_implementation, **shared
+        )
+        if image_size is None:
+            image_size = image_size_of(vision_model_name_or_path, vision_revision, vision_tower.config)
+        if image_token_id is None:
+            image_token_id = placeholder_token_id(text_model_name_or_path, text_revision, image_token)
+        adapter_config = adapter_config if adapter_config is not None else MLPProjectorConfig()
+        names = dict(
+            vision_model_name_or_path=str(vision_model_name_or_path),
+            vision_revision=vision_revision,
+            text_model_name_or_path=str(text_model_name_or_path),
+            text_revision=text_revision,
+        )
+        config = VisionAdapterConfig(
+            vision_config=vision_tower.config,
+            text_config=language_model.config,
+            adapter_config=type(adapter_config).from_dict({**adapter_config.to_dict(), **names}),
+            image_size=image_size,
+            image_token=image_token,
+            image_token_id=image_token_id,
+            **names,
+        )
+        model = cls(config, vision_tower=vision_tower, language_model=language_model)
+        model.generation_config = language_model.generation_config
+        if dtype is not None:
+            model.adapter.to(dtype)
+        return model.train(False)
+
+    # ----------------------------------------------------------------------------------------------- adapter I/O
+
+    def adapter_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Everything the adapter trains: `adapter.*` plus any LM parameters the adapter unfroze (such as norms)."""
+        base_keys = {f"language_model.{name}" for name in self.adapter.trainable_base_parameter_names()}
+        return {
+            key: value for key, value in self.state_dict().items() if key.startswith("adapter.") or key in base_keys
+        }
+
+    def save_adapter(self, save_directory: Union[str, os.PathLike], processor=None) -> None:
+        """Write an adapter-only checkpoint, atomically.
+
+        The folder gets `adapter_model.safetensors`, `adapter_config.json` (with the base ids and revisions), the
+        model `config.json` with `auto_map` and the remote-code files, and the processor when given: everything
+        needed to rebuild the model on the unmodified bases.
+        """
+        with atomic_directory(save_directory, merge_existing=True) as staging:
+            save_safetensors(self.adapter_state_dict(), staging / ADAPTER_WEIGHTS_NAME)
+            self.config.adapter.save_pretrained(staging)
+            self._save_config_with_code(staging)
+            if processor is not None:
+                processor.save_pretrained(staging)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
+        """Save the full model (bases included) atomically, with `auto_map` and the remote-code files."""
+        with atomic_directory(save_directory) as staging:
+            self._set_auto_map()
+            super().save_pretrained(staging, *args, **kwargs)
+
+    def _set_auto_map(self) -> None:
+        module = type(self).__module__.split(".")[-1]
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        auto_map["AutoConfig"] = f"{type(self.config).__module__.split('.')[-1]}.{type(self.config).__name__}"
+        auto_map.update({name: f"{module}.{type(self).__name__}" for name in AUTO_MAP_MODEL_CLASSES})
+        self.config.auto_map = auto_map
+
+    def _save_config_with_code(self, folder: Path) -> None:
+        self._set_auto_map()
+        custom_object_save(self, folder, config=self.config)
+        self.config.save_pretrained(folder)
+
+    def load_adapter(self, path: Union[str, os.PathLike]) -> None:
+        """Load adapter weights from a folder or an `adapter_model.safetensors` file, checking every key and shape."""
+        path = Path(path)
+        state = load_safetensors(path / ADAPTER_WEIGHTS_NAME if path.is_dir() else path)
+        expected = self.adapter_state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"The adapter weights in {path} do not match this model's "
+                f"{self.config.adapter.adapter_type} adapter: missing {missing[:8]}{'...' if len(missing) > 8 else ''}"
+                f", unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}. Was it saved from another "
+                "adapter type or config?"
+            )
+        wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
+        if wrong:
+            raise BackboneMismatchError(
+                "Adapter tensors have other shapes than this model expects (checkpoint vs model): "
+                + ", ".join(f"{k}: {a} vs {b}" for k, a, b in wrong[:8])
+                + ". The adapter was trained for other backbone widths."
+            )
+        self.load_state_dict(state, strict=False)
+
+    @classmethod
+    def from_adapter_pretrained(
+        cls,
+        adapter_name_or_path: Union[str, os.PathLike],
+        *,
+        revision: Optional[str] = None,
+        vision_model_name_or_path: Optional[str] = None,
+        text_model_name_or_path: Optional[str] = None,
+        dtype: Optional[torch.dtype] = None,
+        **kwargs,
+    ) -> "VisionAdapterForCausalLM":
+        """Rebuild the bases from the ids recorded in an adapter-only checkpoint (folder or Hub repo) and load it.
+
+        Pass `vision_model_name_or_path` / `text_model_name_or_path` to use other copies of the same bases.
+        """
+        hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "token", "local_files_only", "force_download") if k in kwargs}
+        config_file = _resolve(adapter_name_or_path, "config.json", revision, hub_kwargs)
+        weights_file = _resolve(adapter_name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs)
+        config = VisionAdapterConfig.from_json_file(config_file)
+        vision_name = vision_model_name_or_path or config.vision_model_name_or_path
+        text_name = text_model_name_or_path or config.text_model_name_or_path
+        if not vision_name or not text_name:
+            raise CheckpointError(
+                f"{adapter_name_or_path} does not record its base models; pass vision_model_name_or_path and "
+                "text_model_name_or_path."
+            )
+        model = cls.from_vision_text_pretrained(
+            vision_name,
+            text_name,
+            config.adapter,
+            vision_revision=config.vision_revision,
+            text_revision=config.text_revision,
+            image_size=config.image_size,
+            image_token=config.image_token,
+            image_token_id=config.image_token_id,
+            dtype=dtype,
+            **{**hub_kwargs, **kwargs},
+        )
+        _check_same_bases(config, model.config)
+        model.load_adapter(weights_file)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load a full checkpoint, or an adapter-only one (then the bases are fetched by their recorded ids)."""
+        revision = kwargs.get("revision")
+        hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only") if k in kwargs}
+        if _is_adapter_only(pretrained_model_name_or_path, revision, hub_kwargs):
+            loader_kwargs = {k: kwargs[k] for k in ("dtype", "attn_implementation", *hub_kwargs) if k in kwargs}
+            return cls.from_adapter_pretrained(pretrained_model_name_or_path, revision=revision, **loader_kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+
+def load_vision_tower(name_or_path: str, revision: Optional[str] = None, **kwargs) -> PreTrainedModel:
+    """Load a vision tower; for a two-tower checkpoint (CLIP, SigLIP) only its vision half."""
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision, **_hub_only(kwargs))
+    vision_config = getattr(config, "vision_config", None) or config
+    return AutoModel.from_pretrained(name_or_path, config=vision_config, revision=revision, **kwargs)
+
+
+def _hub_only(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if k in ("cache_dir", "token", "local_files_only", "force_download")}
+
+
+def _resolve(name_or_path, filename: str, revision: Optional[str], hub_kwargs: Dict[str, Any]) -> str:
+    """Path of `filename` in a local folder or a Hub repo, with a clear error when it is absent."""
+    resolved = cached_file(
+        str(name_or_path), filename, revision=revision, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+    )
+    if resolved is None:
+        raise CheckpointError(f"{name_or_path} has no {filename}; it is not an hf_vadapter adapter checkpoint.")
+    return resolved
+
+
+def _has_file(name_or_path, filename: str, revision: Optional[str], hub_kwargs: Dict[str, Any]) -> bool:
+    if os.path.isdir(name_or_path):
+        return os.path.isfile(os.path.join(name_or_path, filename))
+    return (
+        cached_file(
+            str(name_or_path),
+            filename,
+            revision=revision,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **hub_kwargs,
+        )
+        is not None
+    )
+
+
+def _is_adapter_only(name_or_path, revision: Optional[str], hub_kwargs: Dict[str, Any]) -> bool:
+    if not _has_file(name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs):
+        return False
+    return not any(_has_file(name_or_path, name, revision, hub_kwargs) for name in FULL_WEIGHTS_NAMES)
+
+
+def _check_same_bases(saved: VisionAdapterConfig, loaded: VisionAdapterConfig) -> None:
+    """Compare what the adapter was trained on with the bases just loaded, naming both sides on a mismatch."""
+    checks = (
+        ("tower type", saved.vision_config.model_type, loaded.vision_config.model_type),
+        ("tower hidden size", saved.vision_config.hidden_size, loaded.vision_config.hidden_size),
+        ("LM type", saved.text_config.model_type, loaded.text_config.model_type),
+        ("LM hidden size", saved.text_config.hidden_size, loaded.text_config.hidden_size),
+        ("LM layers", saved.text_config.num_hidden_layers, loaded.text_config.num_hidden_layers),
+    )
+    wrong = [f"{what}: adapter trained on {a}, bases loaded have {b}" for what, a, b in checks if a != b]
+    if wrong:
+        raise BackboneMismatchError("The bases do not match the adapter checkpoint: " + "; ".join(wrong) + ".")

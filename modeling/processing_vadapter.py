@@ -1,0 +1,301 @@
+"""`VisionAdapterProcessor`: the tower's image processor and the LM's tokenizer, with `<image>` expansion.
+
+Each `<image>` in a prompt becomes exactly `num_image_tokens` placeholder ids. Placeholders are never truncated:
+over-long sequences lose text tokens only, with a warning. With `text_target`, labels supervise the target and its
+end-of-sequence token only; prompt, image and padding positions are -100.
+"""
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers.utils import is_torchvision_available, logging
+
+from .errors import ImageTokenMismatchError, InvalidImageError, InvalidPromptError
+
+logger = logging.get_logger(__name__)
+
+IGNORE_INDEX = -100
+MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused rather than decoded into tens of GB
+ImageLike = Image.Image
+
+
+def placeholder_token_id(tokenizer_name_or_path, revision: Optional[str], image_token: str) -> int:
+    """The id `image_token` gets in the LM's tokenizer once the processor adds it."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path, revision=revision)
+    return _ensure_image_token(tokenizer, image_token)
+
+
+def load_image_processor(name_or_path, revision: Optional[str] = None):
+    """The tower's image processor; without torchvision, its PIL backend is chosen on purpose (no fallback warning)."""
+    backend = None if is_torchvision_available() else "pil"
+    return AutoImageProcessor.from_pretrained(name_or_path, revision=revision, backend=backend)
+
+
+def image_size_of(vision_name_or_path, revision: Optional[str], vision_config) -> int:
+    """The square image side the tower's image processor produces (its crop size, else its size)."""
+    try:
+        image_processor = load_image_processor(vision_name_or_path, revision)
+    except OSError:
+        return vision_config.image_size
+    return _processor_image_size(image_processor) or vision_config.image_size
+
+
+def _processor_image_size(image_processor) -> Optional[int]:
+    for attribute in ("crop_size", "size"):
+        size = getattr(image_processor, attribute, None)
+        if isinstance(size, dict):
+            size = size.get("height") or size.get("shortest_edge")
+        if isinstance(size, int):
+            return size
+    return None
+
+
+def _ensure_image_token(tokenizer, image_token: str) -> int:
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"extra_special_tokens": [image_token]}, replace_extra_special_tokens=False)
+    return tokenizer.convert_tokens_to_ids(image_token)
+
+
+def to_rgb(image: ImageLike) -> ImageLike:
+    """Convert grayscale, palette, CMYK or alpha images to RGB (alpha over white), refusing empty or huge ones."""
+    if not isinstance(image, Image.Image):
+        raise InvalidImageError(f"Expected a PIL image, got {type(image).__name__}.")
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise InvalidImageError(f"The image is empty ({width}x{height}).")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InvalidImageError(
+            f"The image is {width}x{height} ({width * height:,} pixels), over the {MAX_IMAGE_PIXELS:,}-pixel limit. "
+            "Downscale it first."
+        )
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+class VisionAdapterProcessor(ProcessorMixin):
+    """Prepares images and prompts for `VisionAdapterForCausalLM`.
+
+    Args:
+        image_processor: the vision tower's image processor.
+        tokenizer: the LM's tokenizer. `image_token` is added to it as a special token when missing.
+        num_image_tokens: placeholders per image (the model config's `num_image_tokens`).
+        image_token: the placeholder string users write in prompts.
+        use_chat_template: wrap prompts in the tokenizer's chat template as one user turn, when it has one.
+    """
+
+    _auto_class = "AutoProcessor"
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        num_image_tokens: int = 1,
+        image_token: str = "<image>",
+        use_chat_template: bool = True,
+        chat_template=None,
+    ):
+        self.num_image_tokens = num_image_tokens
+        self.image_token = image_token
+        self.use_chat_template = use_chat_template
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        self.image_token_id = _ensure_image_token(self.tokenizer, image_token)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        # Left padding: the last position of every row is its real last token, as generation needs.
+        self.tokenizer.padding_side = "left"
+
+    @classmethod
+    def from_vision_text_pretrained(cls, vision_name_or_path, text_name_or_path, num_image_tokens: int, **kwargs):
+        """Build from the two base checkpoints (Hub ids or folders)."""
+        vision_revision, text_revision = kwargs.pop("vision_revision", None), kwargs.pop("text_revision", None)
+        image_size = kwargs.pop("image_size", None)
+        image_processor = load_image_processor(vision_name_or_path, vision_revision)
+        if image_size is not None:
+            image_processor = resize_image_processor(image_processor, image_size)
+        tokenizer = AutoTokenizer.from_pretrained(text_name_or_path, revision=text_revision)
+        return cls(image_processor, tokenizer, num_image_tokens=num_image_tokens, **kwargs)
+
+    @classmethod
+    def for_model(cls, model, **kwargs) -> "VisionAdapterProcessor":
+        """The processor matching a `VisionAdapterForCausalLM` built from named bases."""
+        config = model.config
+        return cls.from_vision_text_pretrained(
+            config.vision_model_name_or_path,
+            config.text_model_name_or_path,
+            num_image_tokens=config.num_image_tokens,
+            image_token=config.image_token,
+            vision_revision=config.vision_revision,
+            text_revision=config.text_revision,
+            image_size=config.image_size,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------------------------------ text
+
+    def format_prompt(self, prompt: str) -> str:
+        """The prompt as the LM expects it: one user turn of its chat template, or the plain text."""
+        if self.use_chat_template and getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": prompt}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return prompt
+
+    def _prompt_ids(self, prompt: str, num_images: int) -> List[int]:
+        count = prompt.count(self.image_token)
+        if count == 0 and num_images:
+            prompt = self.image_token * num_images + "\n" + prompt
+        elif count != num_images:
+            raise ImageTokenMismatchError(
+                f"The prompt {prompt[:60]!r} holds {count} `{self.image_token}` placeholders but {num_images} images "
+                "were given for it. Write one placeholder per image (or none, to put the images first)."
+            )
+        text = self.format_prompt(prompt)
+        add_special = not (self.use_chat_template and getattr(self.tokenizer, "chat_template", None))
+        ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        expanded: List[int] = []
+        for token_id in ids:
+            expanded.extend([token_id] * (self.num_image_tokens if token_id == self.image_token_id else 1))
+        return expanded
+
+    def _target_ids(self, target: str) -> List[int]:
+        ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
+        return ids + [self.tokenizer.eos_token_id]
+
+    def _truncate(self, prompt_ids: List[int], target_ids: List[int], max_length: int) -> Tuple[List[int], List[int]]:
+        """Drop text tokens only: the end of the target first, then the prompt's earliest text tokens."""
+        overflow = len(prompt_ids) + len(target_ids) - max_length
+        if overflow <= 0:
+            return prompt_ids, target_ids
+        num_placeholders = sum(token == self.image_token_id for token in prompt_ids)
+        if num_placeholders + 1 > max_length:
+            raise InvalidPromptError(
+                f"max_length={max_length} cannot hold the {num_placeholders} image placeholders plus any text."
+            )
+        logger.warning(f"Sequence is {overflow} tokens over max_length={max_length}: dropping text, never images.")
+        cut = min(overflow, max(len(target_ids) - 1, 0))
+        target_ids = target_ids[: len(target_ids) - cut]
+        overflow -= cut
+        kept = list(prompt_ids)
+        index = 1 if kept and kept[0] == self.tokenizer.bos_token_id else 0
+        while overflow > 0 and index < len(kept):
+            if kept[index] == self.image_token_id:
+                index += 1
+                continue
+            del kept[index]
+            overflow -= 1
+        return kept, target_ids
+
+    # ------------------------------------------------------------------------------------------ call
+
+    def __call__(
+        self,
+        images=None,
+        text: Union[str, Sequence[str], None] = None,
+        text_target: Union[str, Sequence[str], None] = None,
+        videos=None,
+        max_length: Optional[int] = None,
+        return_tensors: str = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Tokenize prompts (and targets), expand placeholders, and preprocess images or videos.
+
+        Args:
+            images: one image, one per prompt, or a list of images per prompt.
+            text: the prompts; `<image>` marks where each image goes (images go first when a prompt has none).
+            text_target: the texts to supervise (training). Labels are -100 everywhere else.
+            videos: one list of frames per prompt, each counted as one `<image>`; gives pixel_values [B, T, C, H, W].
+            max_length: the longest sequence to return; text beyond it is dropped, never placeholders.
+        """
+        if text is None:
+            raise InvalidPromptError("text is required: pass a prompt (it may be just '<image>').")
+        prompts = [text] if isinstance(text, str) else list(text)
+        targets = None if text_target is None else ([text_target] if isinstance(text_target, str) else list(text_target))
+        if targets is not None and len(targets) != len(prompts):
+            raise InvalidPromptError(f"Got {len(prompts)} prompts but {len(targets)} targets.")
+        if images is not None and videos is not None:
+            raise InvalidImageError("Pass images or videos, not both.")
+        per_sample = self._group_visuals(images, videos, len(prompts))
+
+        rows = []
+        for index, prompt in enumerate(prompts):
+            if not prompt.strip() and not per_sample[index]:
+                raise InvalidPromptError(f"Prompt {index} is empty and has no image.")
+            prompt_ids = self._prompt_ids(prompt, len(per_sample[index]))
+            target_ids = self._target_ids(targets[index]) if targets is not None else []
+            if max_length is not None:
+                prompt_ids, target_ids = self._truncate(prompt_ids, target_ids, max_length)
+            rows.append((prompt_ids, target_ids))
+
+        data = self._pad(rows, with_labels=targets is not None)
+        flat = [visual for sample in per_sample for visual in sample]
+        if flat:
+            data["pixel_values"] = self._pixel_values(flat, is_video=videos is not None)
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    @staticmethod
+    def _group_visuals(images, videos, batch_size: int) -> List[list]:
+        """Images or videos per prompt, in placeholder order."""
+        if images is None and videos is None:
+            return [[] for _ in range(batch_size)]
+        if videos is not None:
+            if len(videos) != batch_size:
+                raise ImageTokenMismatchError(f"Got {batch_size} prompts but {len(videos)} videos; give one per prompt.")
+            return [[list(video)] for video in videos]
+        if isinstance(images, Image.Image):
+            images = [images]
+        images = list(images)
+        if batch_size == 1 and images and not isinstance(images[0], (list, tuple)):
+            return [images]
+        if len(images) != batch_size:
+            raise ImageTokenMismatchError(
+                f"Got {batch_size} prompts but {len(images)} image entries; give one image (or a list of images) per "
+                "prompt."
+            )
+        return [list(entry) if isinstance(entry, (list, tuple)) else [entry] for entry in images]
+
+    def _pixel_values(self, visuals: list, is_video: bool) -> torch.Tensor:
+        if not is_video:
+            return self.image_processor([to_rgb(image) for image in visuals], return_tensors="pt")["pixel_values"]
+        lengths = {len(frames) for frames in visuals}
+        if len(lengths) != 1:
+            raise InvalidImageError(f"All videos in a batch need the same number of frames, got {sorted(lengths)}.")
+        frames = [to_rgb(frame) for video in visuals for frame in video]
+        pixel_values = self.image_processor(frames, return_tensors="pt")["pixel_values"]  # [B*T, C, H, W]
+        return pixel_values.unflatten(0, (len(visuals), -1))  # [B, T, C, H, W]
+
+    def _pad(self, rows: List[Tuple[List[int], List[int]]], with_labels: bool) -> dict:
+        longest = max(len(p) + len(t) for p, t in rows)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids, attention_mask, labels = [], [], []
+        for prompt_ids, target_ids in rows:
+            ids = prompt_ids + target_ids
+            padding = longest - len(ids)
+            input_ids.append([pad_id] * padding + ids)
+            attention_mask.append([0] * padding + [1] * len(ids))
+            labels.append([IGNORE_INDEX] * (padding + len(prompt_ids)) + target_ids)
+        data = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if with_labels:
+            data["labels"] = labels
+        return data
+
+    # ------------------------------------------------------------------------------------------ decoding
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+def resize_image_processor(image_processor, image_size: int):
+    """A copy of `image_processor` producing `image_size` x `image_size` images."""
+    updates = {"size": {"height": image_size, "width": image_size}}
+    if getattr(image_processor, "crop_size", None) is not None:
+        updates["crop_size"] = {"height": image_size, "width": image_size}
+    return type(image_processor).from_dict({**image_processor.to_dict(), **updates})

@@ -1,0 +1,115 @@
+"""Reading features out of any frozen vision tower.
+
+The tower is run once with `output_hidden_states=True`; the layers an adapter asks for are picked, optionally passed
+through the tower's own final norm, and split into the [CLS] token and the patch tokens. Every adapter receives the
+same layout, `[B, T, L, S, Dv]`: images (or samples), frames, layers read, tokens, tower width.
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from .errors import AdapterConfigError, InvalidImageError
+
+# Tower families whose sequence has no [CLS] token in front of the patches.
+TOWERS_WITHOUT_CLS = ("siglip_vision_model", "siglip2_vision_model")
+# Where towers keep the norm that produces their last hidden state, tried in order.
+FINAL_NORM_PATHS = ("layernorm", "post_layernorm", "vision_model.post_layernorm", "norm")
+
+
+@dataclass(frozen=True)
+class VisionGeometry:
+    """What an adapter needs to know about the tower's output before seeing an image."""
+
+    hidden_size: int
+    num_layers: int
+    grid_size: int  # patches per side
+    num_prefix_tokens: int  # [CLS] plus register tokens in front of the patches
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def has_cls(self) -> bool:
+        return self.num_prefix_tokens > 0
+
+    def num_tokens(self, select: str) -> int:
+        """Tokens per layer and frame for a `feature_select` choice."""
+        return {"patch": self.num_patches, "cls": 1, "both": 1 + self.num_patches}[select]
+
+    @classmethod
+    def from_config(cls, vision_config, image_size: int) -> "VisionGeometry":
+        patch_size = vision_config.patch_size
+        if image_size % patch_size:
+            raise AdapterConfigError(f"image_size={image_size} is not a multiple of the tower's patch size {patch_size}.")
+        has_cls = vision_config.model_type not in TOWERS_WITHOUT_CLS
+        return cls(
+            hidden_size=vision_config.hidden_size,
+            num_layers=vision_config.num_hidden_layers,
+            grid_size=image_size // patch_size,
+            num_prefix_tokens=int(has_cls) + getattr(vision_config, "num_register_tokens", 0),
+        )
+
+
+def find_final_norm(tower: nn.Module) -> Optional[nn.Module]:
+    """The tower's final norm module, or None if it has none under a known name."""
+    for path in FINAL_NORM_PATHS:
+        module = tower
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, nn.Module):
+            return module
+    return None
+
+
+def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size: int) -> None:
+    """Reject pixel tensors of the wrong rank, size, dtype or with non-finite values, with a message that says why."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise InvalidImageError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
+    if pixel_values.ndim not in (4, 5):
+        raise InvalidImageError(
+            f"pixel_values must be [num_images, C, H, W] or frames [B, T, C, H, W]; got shape {tuple(pixel_values.shape)}."
+        )
+    if not pixel_values.is_floating_point():
+        raise InvalidImageError(f"pixel_values must be a float tensor, got {pixel_values.dtype}; use the processor.")
+    channels, height, width = pixel_values.shape[-3:]
+    if channels != num_channels or (height, width) != (image_size, image_size):
+        raise InvalidImageError(
+            f"pixel_values have {channels} channels at {height}x{width}, but the tower expects {num_channels} channels "
+            f"at {image_size}x{image_size}. Preprocess images with the model's processor."
+        )
+    if not torch.isfinite(pixel_values).all():
+        raise InvalidImageError("pixel_values contain NaN or infinite values.")
+
+
+def select_features(
+    tower: nn.Module,
+    pixel_values: torch.Tensor,
+    geometry: VisionGeometry,
+    layers: List[int],
+    select: str,
+    norm: bool,
+) -> torch.Tensor:
+    """Run the tower and return the chosen features as [B, T, L, S, Dv].
+
+    `pixel_values` is [B, C, H, W] (one frame each) or [B, T, C, H, W] (frames).
+    """
+    frames = pixel_values.shape[1] if pixel_values.ndim == 5 else 1
+    flat = pixel_values.flatten(0, 1) if pixel_values.ndim == 5 else pixel_values  # [B*T, C, H, W]
+    hidden_states = tower(pixel_values=flat, output_hidden_states=True).hidden_states
+    stacked = torch.stack([hidden_states[layer] for layer in layers], dim=1)  # [B*T, L, P + S_patch, Dv]
+    if norm:
+        final_norm = find_final_norm(tower)
+        if final_norm is None:
+            raise AdapterConfigError(
+                f"feature_norm=True, but no final norm was found on {type(tower).__name__} "
+                f"(looked for {FINAL_NORM_PATHS}). Set feature_norm=False."
+            )
+        stacked = final_norm(stacked)
+    patches = stacked[:, :, geometry.num_prefix_tokens :]  # [B*T, L, grid*grid, Dv]
+    cls = stacked[:, :, :1] if geometry.has_cls else patches.mean(dim=2, keepdim=True)  # [B*T, L, 1, Dv]
+    chosen = {"patch": patches, "cls": cls, "both": torch.cat([cls, patches], dim=2)}[select]
+    return chosen.unflatten(0, (-1, frames))  # [B, T, L, S, Dv]

@@ -54,7 +54,7 @@ Recipe: LLaMA-Adapter zero-init gated prompt attention (a forward hook on ``atte
     def hook(attn, args, kwargs, output):
         hidden, pos = anatomy.hook_inputs(args, kwargs)                  # [B, S, hidden]
         q = anatomy.query_states(attn, hidden, pos)                      # [B, nH, S, hd]
-        k, v = anatomy.prompt_key_values(attn, prompt[None])            # prompt: [P, hidden]; [1, nH, P, hd] each
+        k, v = anatomy.prompt_key_values(attn, prompt[None])             # prompt [P, hidden] -> [1, nH, P, hd] each
         scores = (q.float() @ k.float().transpose(-1, -2)) * anatomy.softmax_scale(attn)  # [B, nH, S, P]
         if (cap := anatomy.softcap(attn)) is not None:
             scores = torch.tanh(scores / cap) * cap

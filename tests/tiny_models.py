@@ -32,7 +32,7 @@ LMS: Dict[str, dict] = {
     "gpt2": dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=256),
     "llama": dict(model_type="llama", num_key_value_heads=2),
     "qwen2": dict(model_type="qwen2", num_key_value_heads=2),
-    "opt": dict(model_type="opt", ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=256),
+    "opt": dict(model_type="opt", ffn_dim=64, word_embed_proj_dim=32),
     "mistral": dict(model_type="mistral", num_key_value_heads=2),
     "gemma": dict(model_type="gemma", num_key_value_heads=2, head_dim=8),
     "phi3": dict(model_type="phi3", num_key_value_heads=2, pad_token_id=0),

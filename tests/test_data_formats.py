@@ -66,6 +66,13 @@ def test_imagefolder_reads_captions_and_converts_to_rgb():
     assert mean_rgb(red) == (220, 30, 30)
 
 
+def test_imagefolder_images_read_from_another_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(FIXTURES)
+    ds = read_imagefolder("imagefolder")
+    monkeypatch.chdir(tmp_path)
+    assert mean_rgb(ds[0]["image"]) == (220, 30, 30)
+
+
 def test_imagefolder_finds_a_caption_column(tmp_path):
     folder = copy_imagefolder(tmp_path, [json.dumps({"file_name": "red.png", "caption": "red."})])
     assert list(read_imagefolder(folder)["target"]) == ["red."]

@@ -54,8 +54,8 @@ def _listing(items: Iterable[Any]) -> str:
 
 
 def _require_folder(folder: str | Path, what: str) -> Path:
-    """`folder` as a Path, or a ValueError if it is not a directory."""
-    folder = Path(folder)
+    """`folder` as an absolute Path (image paths stored from it then work from any directory), or a ValueError."""
+    folder = Path(folder).resolve()
     if not folder.is_dir():
         raise ValueError(f"The {what} {str(folder)!r} is not a folder; pass the folder that holds the images.")
     return folder
@@ -159,7 +159,8 @@ def read_coco_captions(
     """Read COCO captions (``captions_*.json``): one row per image, all its captions as references.
 
     The target is the image's first caption in the file's annotation order: COCO's captions are equally valid,
-    and a fixed choice keeps the data deterministic. Images with no caption are skipped (logged).
+    and a fixed choice keeps the data deterministic. Captions are stripped of surrounding whitespace (COCO's
+    sometimes end in a newline). Images with no caption are skipped (logged).
     """
     image_root = _require_folder(image_root, "COCO image root")
     content = _read_json(annotations_file, ("images", "annotations"), "COCO captions")
@@ -175,7 +176,7 @@ def read_coco_captions(
                 f"A COCO annotation names image_id {annotation['image_id']!r}, which is not in 'images'. "
                 "Use the annotations file that belongs to this image list."
             )
-        captions.setdefault(annotation["image_id"], []).append(annotation["caption"])
+        captions.setdefault(annotation["image_id"], []).append(annotation["caption"].strip())
     uncaptioned = [image_id for image_id in file_names if image_id not in captions]
     if uncaptioned:
         logger.warning("Skipping %d COCO images without captions: %s", len(uncaptioned), _listing(uncaptioned))

@@ -16,6 +16,7 @@ from transformers import (
 from .modeling.adapter_config import AdapterConfig
 from .modeling.adapters import ADAPTER_REGISTRY
 from .modeling.configuration_vadapter import VisionAdapterConfig
+from .modeling.epalm import EPALMConfig
 from .modeling.errors import (
     AdapterConfigError,
     BackboneMismatchError,
@@ -28,6 +29,7 @@ from .modeling.errors import (
 )
 from .modeling.mlp_projector import MLPProjectorConfig
 from .modeling.modeling_vadapter import VisionAdapterForCausalLM
+from .modeling.palm2_vadapter import PaLM2VAdapterConfig
 from .modeling.perceiver_resampler import PerceiverResamplerConfig
 from .modeling.processing_vadapter import VisionAdapterProcessor
 from .version import __version__
@@ -43,10 +45,12 @@ __all__ = [
     "AdapterConfigError",
     "BackboneMismatchError",
     "CheckpointError",
+    "EPALMConfig",
     "ImageTokenMismatchError",
     "InvalidImageError",
     "InvalidPromptError",
     "MLPProjectorConfig",
+    "PaLM2VAdapterConfig",
     "PerceiverResamplerConfig",
     "UnsupportedArchitectureError",
     "VisionAdapterConfig",

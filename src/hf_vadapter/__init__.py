@@ -29,7 +29,6 @@ from .modeling.errors import (
 )
 from .modeling.mlp_projector import MLPProjectorConfig
 from .modeling.modeling_vadapter import VisionAdapterForCausalLM
-from .modeling.palm2_vadapter import PaLM2VAdapterConfig
 from .modeling.perceiver_resampler import PerceiverResamplerConfig
 from .modeling.processing_vadapter import VisionAdapterProcessor
 from .version import __version__
@@ -50,7 +49,6 @@ __all__ = [
     "InvalidImageError",
     "InvalidPromptError",
     "MLPProjectorConfig",
-    "PaLM2VAdapterConfig",
     "PerceiverResamplerConfig",
     "UnsupportedArchitectureError",
     "VisionAdapterConfig",

@@ -146,11 +146,13 @@ class VisionAdapterProcessor(ProcessorMixin):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return prompt
 
-    def _prompt_ids(self, prompt: str, num_images: int) -> List[int]:
+    def _prompt_ids(self, prompt: str, num_images: Optional[int]) -> List[int]:
+        """Token ids with every placeholder expanded. `num_images=None` (features come from a cache) skips the
+        count check here; the model checks placeholders against the visual tokens it receives."""
         count = prompt.count(self.image_token)
         if count == 0 and num_images:
             prompt = self.image_token * num_images + "\n" + prompt
-        elif count != num_images:
+        elif num_images is not None and count != num_images:
             raise ImageTokenMismatchError(
                 f"The prompt {prompt[:60]!r} holds {count} `{self.image_token}` placeholders but {num_images} images "
                 "were given for it. Write one placeholder per image (or none, to put the images first)."
@@ -224,9 +226,9 @@ class VisionAdapterProcessor(ProcessorMixin):
 
         rows = []
         for index, prompt in enumerate(prompts):
-            if not prompt.strip() and not per_sample[index]:
+            if not prompt.strip() and not per_sample[index] and self.image_token not in prompt:
                 raise InvalidPromptError(f"Prompt {index} is empty and has no image.")
-            prompt_ids = self._prompt_ids(prompt, len(per_sample[index]))
+            prompt_ids = self._prompt_ids(prompt, None if images is None and videos is None else len(per_sample[index]))
             target_ids = self._target_ids(targets[index]) if targets is not None else []
             if max_length is not None:
                 prompt_ids, target_ids = self._truncate(prompt_ids, target_ids, max_length)

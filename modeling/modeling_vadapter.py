@@ -252,6 +252,13 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             adapter_context=adapter_context if self.adapter.context_persists else None,
         )
 
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool = False, **kwargs) -> Dict[str, Any]:
+        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            # Like pixel_values, cached tower features belong to the prefill only: their tokens are in the KV cache.
+            inputs.pop("image_features", None)
+        return inputs
+
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs) -> Dict[str, Any]:
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
         if getattr(outputs, "adapter_context", None) is not None:
@@ -274,13 +281,15 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         image_token_id: Optional[int] = None,
         dtype: Optional[torch.dtype] = None,
         attn_implementation: Optional[str] = None,
+        init_adapter_weights: bool = True,
         **load_kwargs,
     ) -> "VisionAdapterForCausalLM":
         """Join a pretrained vision tower and a pretrained causal LM (Hub ids or local folders) with a new adapter.
 
-        The bases keep their loaded weights; only the adapter is freshly initialised. `image_size` defaults to the
-        tower's image processor size, and `image_token_id` to the id the LM's tokenizer gives `image_token` once
-        the processor adds it (`len(tokenizer)` for a new token).
+        The bases keep their loaded weights; only the adapter is freshly initialised (from any pretrained parts its
+        config names, such as PaLM2-VAdapter's tiny LM, unless `init_adapter_weights=False`). `image_size` defaults
+        to the tower's image processor size, and `image_token_id` to the id the LM's tokenizer gives `image_token`
+        once the processor adds it (`len(tokenizer)` for a new token).
         """
         shared = dict(dtype=dtype, **load_kwargs)
         vision_tower = load_vision_tower(vision_model_name_or_path, revision=vision_revision, **shared)
@@ -308,6 +317,8 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             **names,
         )
         model = cls(config, vision_tower=vision_tower, language_model=language_model)
+        if init_adapter_weights:
+            model.adapter.load_initial_weights(**_hub_only(load_kwargs))
         model.generation_config = language_model.generation_config
         if dtype is not None:
             model.adapter.to(dtype)
@@ -412,6 +423,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             image_token=config.image_token,
             image_token_id=config.image_token_id,
             dtype=dtype,
+            init_adapter_weights=False,  # the trained weights come next
             **{**hub_kwargs, **kwargs},
         )
         _check_same_bases(config, model.config)

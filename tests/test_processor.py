@@ -111,3 +111,17 @@ def test_text_only_prompts_with_cached_features_keep_placeholders(processor):
     batch = processor(text=["<image>what color?"])
     assert (batch["input_ids"] == processor.image_token_id).sum() == processor.num_image_tokens
     assert "pixel_values" not in batch
+
+
+def test_generation_from_cached_features_equals_generation_from_pixels(tiny_bases):
+    model, processor = build_model(*tiny_bases("dinov2", "qwen2"), hf_vadapter.MLPProjectorConfig(pool_size=2))
+    images = [random_image(0), random_image(1)]
+    from_pixels = processor(images=images, text=["what color?", "describe it."])
+    features = model.get_image_features(from_pixels["pixel_values"])
+    from_cache = processor(text=["<image>\nwhat color?", "<image>\ndescribe it."])
+    assert torch.equal(from_cache["input_ids"], from_pixels["input_ids"])
+    settings = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    expected = model.generate(**from_pixels, **settings)
+    for use_cache in (True, False):
+        got = model.generate(**from_cache, image_features=features, use_cache=use_cache, **settings)
+        assert torch.equal(got, expected)

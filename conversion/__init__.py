@@ -1,5 +1,7 @@
 """Converters: packaged backbones to HF checkpoints, original adapter weights to hf_vadapter, and the adapter-only Hub push."""
 
 from .hub import push_adapter
+from .original_epalm import convert_epalm_checkpoint
+from .original_llama_adapter import convert_llama_adapter_v2_checkpoint
 
-__all__ = ["push_adapter"]
+__all__ = ["convert_epalm_checkpoint", "convert_llama_adapter_v2_checkpoint", "push_adapter"]

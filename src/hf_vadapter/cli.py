@@ -1,0 +1,181 @@
+"""The `hf-vadapter` command line.
+
+Every subcommand is one function decorated with `@command(name, help)`: it receives its own argparse parser to fill
+and returns the handler that runs it (the handler gets the parsed namespace, whose `argv` holds the subcommand's raw
+arguments, and returns an exit code). Adding a subcommand is adding one such function.
+
+    hf-vadapter train config.yaml --learning_rate 1e-3     # or only flags; a `stages:` file runs progressive stages
+    hf-vadapter evaluate --checkpoint runs/exp1 --dataset synthetic --split test --output_dir runs/exp1/eval
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+Handler = Callable[[argparse.Namespace], int]
+Configure = Callable[[argparse.ArgumentParser], Handler]
+COMMANDS: Dict[str, Tuple[str, Configure, Optional[Callable[[], List[argparse.ArgumentParser]]]]] = {}
+
+
+def command(name: str, help: str, parents: Optional[Callable[[], List[argparse.ArgumentParser]]] = None):
+    """Register `configure(parser) -> handler` as the subcommand `name`; `parents()` gives parsers (built with
+    `add_help=False`) whose arguments the subcommand's parser inherits, such as an `HfArgumentParser`."""
+
+    def register(configure: Configure) -> Configure:
+        COMMANDS[name] = (help, configure, parents)
+        return configure
+
+    return register
+
+
+def optional_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`parser` with no argument required (a config file may supply them; the handler checks)."""
+    for action in parser._actions:
+        action.required = False
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="hf-vadapter",
+        description="Parameter-efficient vision-language adapters between a frozen vision tower and a frozen LM.",
+    )
+    parser.add_argument("--version", action="version", version=f"hf-vadapter {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, configure, parents) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text, parents=parents() if parents else [])
+        sub.set_defaults(handler=configure(sub))
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    args.argv = argv[argv.index(args.command) + 1 :]
+    return int(args.handler(args) or 0)
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def _training_flags() -> List[argparse.ArgumentParser]:
+    from .training.arguments import argument_parser
+
+    return [optional_flags(argument_parser(add_help=False))]
+
+
+@command(
+    "train", help="Train an adapter with the HF Trainer (a YAML/JSON config file and/or flags).", parents=_training_flags
+)
+def train_command(parser: argparse.ArgumentParser) -> Handler:
+    parser.add_argument(
+        "config",
+        nargs="?",
+        help="YAML/JSON file of argument values (flags override it). A file with a `stages:` list trains "
+        "progressive stages in order.",
+    )
+    parser.epilog = "Every TrainingArguments flag works as well (see the transformers docs)."
+
+    def run(args: argparse.Namespace) -> int:
+        from .training.arguments import CONFIG_SUFFIXES, parse_arguments, read_config_file
+        from .training.run import run_training
+        from .training.stages import run_stages
+
+        raw = list(args.argv)
+        if raw and not raw[0].startswith("-") and Path(raw[0]).suffix in CONFIG_SUFFIXES:
+            values = read_config_file(raw[0])
+            if "stages" in values:
+                runs = run_stages(values, raw[1:])
+                print(json.dumps({run.output_dir: run.eval_metrics for run in runs}, indent=1, default=float))
+                return 0
+        result = run_training(*parse_arguments(raw))
+        print(json.dumps({"output_dir": result.output_dir, **result.train_metrics, **result.eval_metrics}, indent=1))
+        return 0
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+@dataclass
+class EvaluateArguments:
+    """What `hf-vadapter evaluate` runs and where it writes."""
+
+    checkpoint: str = field(
+        metadata={"help": "A full checkpoint or an adapter-only one (a run's output_dir or a checkpoint-N folder)."}
+    )
+    output_dir: str = field(metadata={"help": "Where predictions.jsonl and metrics.json go."})
+    vision_model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Adapter-only checkpoints: another copy of the tower it was trained on."}
+    )
+    text_model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Adapter-only checkpoints: another copy of the LM it was trained on."}
+    )
+    split: Optional[str] = field(default=None, metadata={"help": "Split to evaluate (default: --eval_split)."})
+    batch_size: int = field(default=8, metadata={"help": "Rows generated together (left-padded)."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Longest generated answer (tokens)."})
+    num_beams: int = field(default=1, metadata={"help": "Beam search width (1 = greedy)."})
+    device: Optional[str] = field(default=None, metadata={"help": "Device, e.g. cuda:0 (default: CPU)."})
+    dtype: Optional[str] = field(default=None, metadata={"help": "Model dtype, e.g. bfloat16."})
+
+
+def _evaluation_flags() -> List[argparse.ArgumentParser]:
+    from transformers import HfArgumentParser
+
+    from .training.arguments import DataArguments
+
+    return [HfArgumentParser((EvaluateArguments, DataArguments), add_help=False)]
+
+
+@command(
+    "evaluate",
+    help="Generate on a data split with a checkpoint and score it (predictions JSONL + metrics JSON).",
+    parents=_evaluation_flags,
+)
+def evaluate_command(parser: argparse.ArgumentParser) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        import torch
+        from transformers import HfArgumentParser
+
+        from .evaluation.runner import evaluate_model, load_for_evaluation
+        from .training.arguments import DataArguments
+        from .training.data import load_eval_split
+
+        evaluate_args, data_args = HfArgumentParser((EvaluateArguments, DataArguments)).parse_args_into_dataclasses(
+            args=list(args.argv)
+        )
+        model, processor = load_for_evaluation(
+            evaluate_args.checkpoint,
+            vision_model_name_or_path=evaluate_args.vision_model_name_or_path,
+            text_model_name_or_path=evaluate_args.text_model_name_or_path,
+            dtype=getattr(torch, evaluate_args.dtype) if evaluate_args.dtype else None,
+            device=evaluate_args.device,
+        )
+        dataset = load_eval_split(data_args, evaluate_args.split)
+        metrics = evaluate_model(
+            model,
+            processor,
+            dataset,
+            output_dir=evaluate_args.output_dir,
+            batch_size=evaluate_args.batch_size,
+            max_new_tokens=evaluate_args.max_new_tokens,
+            num_beams=evaluate_args.num_beams,
+        )
+        print(json.dumps(metrics, indent=1, sort_keys=True))
+        return 0
+
+    return run
+
+
+if __name__ == "__main__":
+    sys.exit(main())

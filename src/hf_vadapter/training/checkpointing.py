@@ -1,0 +1,115 @@
+"""Adapter-only checkpoints: what a training run writes instead of the frozen bases, and how folders are swapped in.
+
+A checkpoint folder holds `adapter_model.safetensors`, `adapter_config.json`, the model `config.json` (with the base
+ids, `auto_map` and the remote-code files: `from_pretrained` loads it onto the bases), the processor, and the
+Trainer's own optimizer / scheduler / RNG / trainer-state files.
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+
+from ..modeling.adapter_config import ADAPTER_WEIGHTS_NAME
+from ..modeling.errors import CheckpointError
+from ..modeling.safe_io import save_safetensors
+
+PathLike = Union[str, os.PathLike]
+
+
+def save_adapter_files(
+    model, folder: PathLike, processor=None, state_dict: Optional[Dict[str, torch.Tensor]] = None
+) -> None:
+    """Write `model`'s adapter-only checkpoint into `folder`, replacing each file atomically.
+
+    Files are written to a temporary folder inside `folder` and then renamed over their targets, so other files in
+    `folder` (a run's `checkpoint-*` folders) are left alone and no file is ever seen half-written.
+    `state_dict` (a full state dict, as FSDP gathers it) supplies the adapter tensors when given.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-adapter-", dir=folder))
+    try:
+        target = staging / "adapter"
+        model.save_adapter(target, processor=processor)
+        if state_dict is not None:
+            keys = model.adapter_state_dict().keys()
+            save_safetensors({key: state_dict[key] for key in keys if key in state_dict}, target / ADAPTER_WEIGHTS_NAME)
+        for path in sorted(target.iterdir()):
+            destination = folder / path.name
+            if path.is_dir():
+                shutil.rmtree(destination, ignore_errors=True)
+            os.replace(path, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def is_adapter_checkpoint(folder: PathLike) -> bool:
+    return (Path(folder) / ADAPTER_WEIGHTS_NAME).is_file()
+
+
+def load_adapter_checkpoint(model, folder: PathLike) -> None:
+    """Load the adapter weights of a checkpoint folder into `model` (every key and shape checked)."""
+    if not is_adapter_checkpoint(folder):
+        raise CheckpointError(f"{folder} holds no {ADAPTER_WEIGHTS_NAME}; it is not an adapter checkpoint.")
+    model.load_adapter(folder)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def promote_directory(staging: PathLike, final: PathLike) -> None:
+    """Flush `staging` and rename it to `final` in one step; an existing `final` is swapped out first."""
+    staging, final = Path(staging), Path(final)
+    _fsync_tree(staging)
+    if final.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.rename(final, retired / final.name)
+        os.rename(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, final)
+
+
+def staging_name(checkpoint_name: str) -> str:
+    """The hidden folder a checkpoint is assembled in; `checkpoint-*` globs and `get_last_checkpoint` skip it."""
+    return f".tmp-{checkpoint_name}"
+
+
+def load_partial_adapter(model, folder: PathLike) -> Dict[str, list]:
+    """Initialise `model`'s adapter from another run's adapter weights: tensors whose name and shape match load.
+
+    Progressive stages use this (a run starting from a previous run's output folder). Returns the loaded, skipped
+    (shape differs or absent here) and untouched (not in the file) names; raises when nothing matches.
+    """
+    from ..modeling.safe_io import load_safetensors
+
+    path = Path(folder)
+    path = path / ADAPTER_WEIGHTS_NAME if path.is_dir() else path
+    state = load_safetensors(path)
+    own = model.adapter_state_dict()
+    loaded = {key: value for key, value in state.items() if key in own and own[key].shape == value.shape}
+    if not loaded:
+        raise CheckpointError(
+            f"None of the {len(state)} tensors in {path} matches this model's adapter ({len(own)} tensors): the "
+            "previous stage has another adapter type or shape. Use the adapter's own handoff instead (for "
+            "PaLM2-VAdapter, adapter_config: {stage1_name_or_path: <stage-1 folder>})."
+        )
+    model.load_state_dict(loaded, strict=False)
+    return {
+        "loaded": sorted(loaded),
+        "skipped": sorted(set(state) - set(loaded)),
+        "untouched": sorted(set(own) - set(loaded)),
+    }

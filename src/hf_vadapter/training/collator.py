@@ -1,0 +1,69 @@
+"""`VisionAdapterCollator`: example rows (the schema of `hf_vadapter.data`) -> model batches.
+
+Each row's prompt gets one `<image>` in front when it has an image (text-only rows, task "text", get none), the
+processor wraps it in the LM's chat template and expands the placeholder, and the target is supervised (labels are
+-100 elsewhere). Images come as `pixel_values`, or, when the data set went through a `FeatureCache`, as the cached
+tower features `image_features` [N, T, L, S, Dv], with exactly the same token ids. A batch mixing rows with and
+without images also gets `has_image` [B] (bool), which the trainer pops before the forward pass.
+"""
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from .feature_cache import HASH_COLUMN, FeatureStore, decode_image
+
+
+def has_image(row: Dict[str, Any]) -> bool:
+    if row.get(HASH_COLUMN) is not None:
+        return bool(row[HASH_COLUMN])
+    return row.get("image") is not None
+
+
+class VisionAdapterCollator:
+    """Collate schema rows for training (prompts + supervised targets) or generation (prompts only).
+
+    Args:
+        processor: the model's `VisionAdapterProcessor`.
+        max_length: longest sequence; text is cut, never image placeholders.
+        feature_store: a `FeatureStore`; rows with an `image_hash` then feed cached features instead of pixels.
+        with_targets: add targets and labels (training, eval loss); False for generation.
+    """
+
+    def __init__(
+        self,
+        processor,
+        max_length: Optional[int] = None,
+        feature_store: Optional[FeatureStore] = None,
+        with_targets: bool = True,
+    ):
+        self.processor = processor
+        self.max_length = max_length
+        self.feature_store = feature_store
+        self.with_targets = with_targets
+
+    def prompt(self, row: Dict[str, Any]) -> str:
+        """The row's prompt with its image placeholder first (the processor's own convention), or as is."""
+        if has_image(row) and self.processor.image_token not in row["prompt"]:
+            return f"{self.processor.image_token}\n{row['prompt']}"
+        return row["prompt"]
+
+    def __call__(self, rows: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        prompts = [self.prompt(row) for row in rows]
+        targets = [row["target"] for row in rows] if self.with_targets else None
+        with_image = [has_image(row) for row in rows]
+        use_cache = self.feature_store is not None and all(HASH_COLUMN in row for row in rows)
+        if use_cache or not any(with_image):
+            # Placeholders are in the prompts already; no images are given, so the processor only tokenizes.
+            batch = self.processor(text=prompts, text_target=targets, max_length=self.max_length)
+            if use_cache and any(with_image):
+                digests = [row[HASH_COLUMN] for row, image in zip(rows, with_image) if image]
+                batch["image_features"] = self.feature_store.lookup(digests)
+        else:
+            images: List[list] = [[decode_image(row["image"])] if image else [] for row, image in zip(rows, with_image)]
+            batch = self.processor(images=images, text=prompts, text_target=targets, max_length=self.max_length)
+        batch = dict(batch)
+        if any(with_image) and not all(with_image):
+            # Rows with and without images: adapters with disjoint parameter groups run the two kinds separately.
+            batch["has_image"] = torch.tensor(with_image, dtype=torch.bool)
+        return batch

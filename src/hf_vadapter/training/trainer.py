@@ -1,0 +1,231 @@
+"""`VisionAdapterTrainer`: the HF Trainer with adapter-only, atomic checkpoints and generation-based evaluation.
+
+What it changes, and nothing else:
+
+- **Checkpoints hold the adapter only** (`_save`): adapter weights, adapter config, model config with the base ids
+  and remote code, the processor, plus the Trainer's own optimizer / scheduler / RNG / state files. Resuming
+  (`_load_from_checkpoint`) and `load_best_model_at_end` (`_load_best_model`) load the adapter back onto the bases
+  the trainer already holds.
+- **Checkpoints appear atomically** (`_save_checkpoint`): everything is written into a hidden folder, which is
+  renamed to `checkpoint-N` once complete, so `resume_from_checkpoint=True` never picks a half-written one.
+- **Evaluation generates** (`evaluation_loop`): after the loss, the evaluation rows are answered with batched,
+  cached generation and scored (CIDEr + BLEU for captions, VQAv2 accuracy overall and per question type), so
+  `metric_for_best_model="cider"` or `"vqa_accuracy"` and `EarlyStoppingCallback` work on them.
+- **Joint training** (`training_step`, `_get_train_sampler`): modality-grouped batches and disjoint parameter groups,
+  see `joint.py`.
+"""
+
+import logging
+import os
+import shutil
+from typing import Optional
+
+import torch
+from accelerate.utils import gather_object
+from transformers import Trainer
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
+
+from ..modeling.modeling_vadapter import VisionAdapterForCausalLM
+from .callbacks import CSVLoggerCallback, LossCurveCallback
+from .checkpointing import (
+    is_adapter_checkpoint,
+    load_adapter_checkpoint,
+    promote_directory,
+    save_adapter_files,
+    staging_name,
+)
+from .collator import has_image
+from .joint import ModalityGroupedSampler, batch_modality, drop_other_group_grads, modality_parameter_groups
+
+try:  # the mixed-batch split of LLaMA-Adapter V2's joint training
+    from .joint_training import joint_loss
+except ImportError:  # pragma: no cover
+    joint_loss = None
+
+logger = logging.getLogger(__name__)
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+class VisionAdapterTrainer(Trainer):
+    """A `transformers.Trainer` for `VisionAdapterForCausalLM` (see the module docstring for what differs).
+
+    Pass the processor as `processing_class`; it is saved into every checkpoint and drives evaluation generation.
+    With `VisionAdapterTrainingArguments`, the CSV log and loss curve callbacks are added unless switched off.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if getattr(self.args, "csv_log", False):
+            self.add_callback(CSVLoggerCallback())
+        if getattr(self.args, "loss_curve", False):
+            self.add_callback(LossCurveCallback())
+        self.modality_groups = modality_parameter_groups(self._adapter_model())
+        if self.modality_groups is not None:
+            logger.info(
+                "Joint training: %d image-text and %d text-only parameters.",
+                len(self.modality_groups["image"]),
+                len(self.modality_groups["text"]),
+            )
+
+    def _adapter_model(self) -> Optional[VisionAdapterForCausalLM]:
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        return model if isinstance(model, VisionAdapterForCausalLM) else None
+
+    # ------------------------------------------------------------------------------------------ saving
+
+    def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
+        """Write the adapter-only checkpoint (never the frozen bases) and the training arguments."""
+        model = self._adapter_model()
+        if model is None:
+            return super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        save_adapter_files(model, output_dir, processor=self.processing_class, state_dict=state_dict)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Assemble `checkpoint-<step>` in a hidden folder and rename it into place once every file is written."""
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        final = os.path.join(run_dir, name)
+        staging = os.path.join(run_dir, staging_name(name))
+        if self.args.should_save:
+            if os.path.isdir(staging):  # left over from a run killed while saving
+                shutil.rmtree(staging)
+            os.makedirs(staging)
+        self.accelerator.wait_for_everyone()
+
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        self.save_model(staging, _internal_call=True)
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(staging)
+            self._save_scaler(staging)
+            self._save_rng_state(staging)  # every process writes its own RNG file
+        self.accelerator.wait_for_everyone()
+
+        strategy_saves = self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST)
+        if strategy_saves and self.state.best_global_step:
+            best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+            if self.state.best_global_step == self.state.global_step or os.path.isdir(best):
+                self.state.best_model_checkpoint = best
+
+        if self.args.should_save:
+            # As the Trainer does: record the state of stateful callbacks (early stopping) and of the control.
+            for callback in self.callback_handler.callbacks + [self.control]:
+                if isinstance(callback, ExportableState):
+                    name = type(callback).__name__
+                    if isinstance(self.state.stateful_callbacks.get(name), list):
+                        self.state.stateful_callbacks[name].append(callback.state())
+                    else:
+                        self.state.stateful_callbacks[name] = callback.state()
+            self.state.save_to_json(os.path.join(staging, "trainer_state.json"))
+            promote_directory(staging, final)
+        self.accelerator.wait_for_everyone()
+
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(final)
+        if self.args.should_save:
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+
+    # ------------------------------------------------------------------------------------------ loading
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        target = self._adapter_model() if model is None else self.accelerator.unwrap_model(model)
+        if isinstance(target, VisionAdapterForCausalLM) and is_adapter_checkpoint(resume_from_checkpoint):
+            logger.info("Loading the adapter from %s.", resume_from_checkpoint)
+            load_adapter_checkpoint(target, resume_from_checkpoint)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        model = self._adapter_model()
+        best = self.state.best_model_checkpoint
+        if model is not None and best is not None and is_adapter_checkpoint(best):
+            logger.info("Loading the best adapter from %s (score: %s).", best, self.state.best_metric)
+            load_adapter_checkpoint(model, best)
+            return
+        super()._load_best_model()
+
+    # ------------------------------------------------------------------------------------------ joint training
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        grouped = getattr(self.args, "modality_grouped_batches", None)
+        if grouped is None:
+            grouped = self.modality_groups is not None
+        if not grouped or dataset is None or not hasattr(dataset, "column_names"):
+            return super()._get_train_sampler(train_dataset)
+        columns = [column for column in ("image_hash", "image") if column in dataset.column_names][:1]
+        flags = [has_image(row) for row in dataset.select_columns(columns)]
+        if all(flags) or not any(flags):
+            return super()._get_train_sampler(train_dataset)
+        group = self.args.per_device_train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return ModalityGroupedSampler(flags, group_size=group, seed=seed)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        has_image = inputs.pop("has_image", None)
+        if has_image is not None and self.modality_groups is not None and joint_loss is not None:
+            # A batch mixing image-text and text-only rows: each kind runs as its own forward, so each trains only
+            # its own parameter group; the two losses add up to the whole batch's loss.
+            loss = joint_loss(model, inputs, has_image, num_items_in_batch)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
+                loss = loss * self.accelerator.num_processes
+            return (loss, {"loss": loss}) if return_outputs else loss
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        modality = batch_modality(inputs) if self.modality_groups is not None else None
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.modality_groups is not None:
+            drop_other_group_grads(self._adapter_model(), self.modality_groups, modality)
+        return loss
+
+    # ------------------------------------------------------------------------------------------ evaluation
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if getattr(self.args, "generation_eval", False) and self.processing_class is not None:
+            dataset = getattr(dataloader, "dataset", None)
+            if dataset is not None and hasattr(dataset, "column_names") and "task" in dataset.column_names:
+                metrics = self.generation_metrics(dataset)
+                output.metrics.update({f"{metric_key_prefix}_{key}": value for key, value in metrics.items()})
+        return output
+
+    def generation_metrics(self, dataset) -> dict:
+        """Generate answers for the scorable rows of `dataset` (split across processes) and score them."""
+        from ..evaluation.generation import generate_predictions  # evaluation imports the collator of this package
+        from ..evaluation.scoring import score_predictions, scored_rows
+
+        model = self._adapter_model()
+        if model is None:
+            return {}
+        indices = scored_rows(dataset)
+        limit = getattr(self.args, "generation_max_samples", None)
+        if limit is not None:
+            indices = indices[:limit]
+        if not indices:
+            return {}
+        rows = dataset.select(indices)
+        with self.accelerator.split_between_processes(list(range(len(rows)))) as mine:
+            local = generate_predictions(
+                model,
+                self.processing_class,
+                [rows[index] for index in mine],
+                batch_size=self.args.per_device_eval_batch_size,
+                max_new_tokens=self.args.generation_max_new_tokens,
+                num_beams=self.args.generation_num_beams,
+                progress=self.is_local_process_zero() and not self.args.disable_tqdm,
+                description="Evaluation generation",
+            )
+        predictions = gather_object(local) if self.accelerator.num_processes > 1 else local
+        self._last_predictions = predictions
+        return score_predictions([rows[index] for index in range(len(rows))], predictions)

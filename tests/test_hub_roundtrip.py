@@ -178,7 +178,8 @@ def test_fresh_process_without_package_loads_through_trust_remote_code(hub, publ
 
 
 def test_package_loads_pinned_revisions_private_repos_and_refuses_bad_tokens(hub, published):
-    """With hf_vadapter: revision pinning, explicit tokens for a private repo, and refused pushes."""
+    """With hf_vadapter: revision pinning, a new branch, stale-file cleanup, explicit tokens for a private repo, and
+    refused pushes."""
     script = """
     import torch
     from hf_vadapter import VisionAdapterForCausalLM
@@ -195,6 +196,16 @@ def test_package_loads_pinned_revisions_private_repos_and_refuses_bad_tokens(hub
     # server refuses a token (it treats the refusal like being offline), so the check must precede it.
     out["private_bob"] = attempt(lambda: VisionAdapterForCausalLM.from_adapter_pretrained("alice/private-captioner", token="hf_bob"))
     out["private_alice"] = diff(VisionAdapterForCausalLM.from_adapter_pretrained("alice/private-captioner", token="hf_alice"), "first")
+    # A new branch: created from main by the push, loadable by name.
+    dev = push_adapter(root + "/first", "alice/captioner", revision="dev")
+    out["dev_branch"] = diff(VisionAdapterForCausalLM.from_adapter_pretrained("alice/captioner", revision="dev"), "first")
+    # A full-model file left on the branch by someone else is deleted by the next adapter push.
+    from huggingface_hub import HfApi
+    HfApi().upload_file(path_or_fileobj=b"stale", path_in_repo="model.safetensors", repo_id="alice/captioner", revision="dev")
+    again = push_adapter(root + "/second", "alice/captioner", revision="dev")
+    out["dev_deleted"] = again.deleted
+    out["dev_files"] = HfApi().list_repo_files("alice/captioner", revision="dev")
+    out["dev_second"] = diff(VisionAdapterForCausalLM.from_pretrained("alice/captioner", revision="dev"), "second")
     out["push_bad_token"] = attempt(lambda: push_adapter(root + "/first", "alice/other", token="hf_nope"))
     out["push_foreign_namespace"] = attempt(lambda: push_adapter(root + "/first", "alice/captioner", token="hf_bob"))
     out["private_over_public"] = attempt(lambda: push_adapter(root + "/first", "alice/captioner", private=True))
@@ -205,6 +216,8 @@ def test_package_loads_pinned_revisions_private_repos_and_refuses_bad_tokens(hub
     assert result["auto_head"] == 0.0
     assert result["private_alice"] == 0.0
     assert result["private_bob"][0] == "OSError" and "private repository" in result["private_bob"][2]
+    assert result["dev_branch"] == 0.0 and result["dev_second"] == 0.0
+    assert result["dev_deleted"] == ["model.safetensors"] and "model.safetensors" not in result["dev_files"]
     assert result["push_bad_token"][:2] == ["HfHubHTTPError", 401]
     assert result["push_foreign_namespace"][1] == 403
     assert result["private_over_public"][0] == "HubPushError" and "public" in result["private_over_public"][2]

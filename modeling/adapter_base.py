@@ -38,3 +38,10 @@ class VisionAdapter(nn.Module):
     def trainable_base_parameter_names(self) -> Tuple[str, ...]:
         """Names (relative to the LM) of frozen-LM parameters this adapter trains, such as unfrozen norms."""
         return ()
+
+    def load_initial_weights(self, **hub_kwargs) -> None:
+        """Load pretrained weights a *new* adapter starts from (PaLM2-VAdapter's tiny LM). Most adapters need none.
+
+        Called by `from_vision_text_pretrained` when it builds a new adapter, never when trained adapter weights are
+        loaded: a saved adapter must rebuild from its config alone.
+        """

@@ -7,6 +7,7 @@ from .adapter_config import AdapterConfig
 from .errors import AdapterConfigError
 from .epalm import EPALM, EPALMConfig
 from .mlp_projector import MLPProjector, MLPProjectorConfig
+from .palm2_vadapter import PaLM2VAdapter, PaLM2VAdapterConfig
 from .perceiver_resampler import PerceiverResampler, PerceiverResamplerConfig
 from .vision_features import VisionGeometry
 
@@ -15,6 +16,7 @@ ADAPTER_REGISTRY: Dict[str, Tuple[Type[AdapterConfig], Type[VisionAdapter]]] = {
     for config_class, module_class in (
         (MLPProjectorConfig, MLPProjector),
         (PerceiverResamplerConfig, PerceiverResampler),
+        (PaLM2VAdapterConfig, PaLM2VAdapter),
         (EPALMConfig, EPALM),
     )
 }

@@ -29,6 +29,7 @@ from .modeling.errors import (
 )
 from .modeling.mlp_projector import MLPProjectorConfig
 from .modeling.modeling_vadapter import VisionAdapterForCausalLM
+from .modeling.palm2_vadapter import PaLM2VAdapterConfig
 from .modeling.perceiver_resampler import PerceiverResamplerConfig
 from .modeling.processing_vadapter import VisionAdapterProcessor
 from .version import __version__
@@ -49,6 +50,7 @@ __all__ = [
     "InvalidImageError",
     "InvalidPromptError",
     "MLPProjectorConfig",
+    "PaLM2VAdapterConfig",
     "PerceiverResamplerConfig",
     "UnsupportedArchitectureError",
     "VisionAdapterConfig",

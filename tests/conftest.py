@@ -5,6 +5,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread everywhere (subprocesses inherit it): exact-equality checks across processes need the same reduction
+# order, and tiny models run faster without thread hand-offs on a shared 2-core machine.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import json
 import subprocess
@@ -23,6 +26,7 @@ from tiny_models import save_lm, save_tower
 
 from transformers.utils import logging as hf_logging
 
+torch.set_num_threads(1)
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
 

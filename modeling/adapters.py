@@ -6,6 +6,7 @@ from .adapter_base import VisionAdapter
 from .adapter_config import AdapterConfig
 from .errors import AdapterConfigError
 from .epalm import EPALM, EPALMConfig
+from .llama_adapter_v2 import LlamaAdapterV2, LlamaAdapterV2Config
 from .mlp_projector import MLPProjector, MLPProjectorConfig
 from .palm2_vadapter import PaLM2VAdapter, PaLM2VAdapterConfig
 from .perceiver_resampler import PerceiverResampler, PerceiverResamplerConfig
@@ -18,6 +19,7 @@ ADAPTER_REGISTRY: Dict[str, Tuple[Type[AdapterConfig], Type[VisionAdapter]]] = {
         (PerceiverResamplerConfig, PerceiverResampler),
         (PaLM2VAdapterConfig, PaLM2VAdapter),
         (EPALMConfig, EPALM),
+        (LlamaAdapterV2Config, LlamaAdapterV2),
     )
 }
 

@@ -29,6 +29,7 @@ API
       query is pre-scaled; gpt2's ``scale_attn_by_inverse_layer_idx`` is already inside ``attn.scaling``).
     - ``softcap(attn) -> float | None``  the logit soft-capping the kernel applies (gemma2 only; gemma3 stores a
       value but never passes it to the kernel).
+    - ``output_projection(attn) -> nn.Module``  the output projection module itself.
     - ``project_output(attn, x) -> Tensor``  ``[B, S, nH*hd] -> [B, S, hidden]`` through the output projection's
       weight only, without its bias.
     - ``hook_inputs(args, kwargs) -> (hidden_states, position_embeddings | None)``  for an attention forward
@@ -211,9 +212,13 @@ class LMAnatomy:
         """The kernel's logit soft-capping ``tanh(s / cap) * cap``, or None."""
         return attn.attn_logit_softcapping if self._spec.softcap else None
 
+    def output_projection(self, attn: nn.Module) -> nn.Module:
+        """The attention's output projection module (``o_proj``, ``out_proj``, ``c_proj``)."""
+        return getattr(attn, self._spec.output)
+
     def project_output(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``[B, S, nH*hd] -> [B, S, hidden]`` through the output projection's weight, without its bias."""
-        projection = getattr(attn, self._spec.output)
+        projection = self.output_projection(attn)
         if isinstance(projection, Conv1D):  # weight is [in, out]
             return x @ projection.weight
         return F.linear(x, projection.weight)

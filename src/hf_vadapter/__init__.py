@@ -27,6 +27,7 @@ from .modeling.errors import (
     UnsupportedArchitectureError,
     VisionAdapterError,
 )
+from .modeling.llama_adapter_v2 import LlamaAdapterV2Config
 from .modeling.mlp_projector import MLPProjectorConfig
 from .modeling.modeling_vadapter import VisionAdapterForCausalLM
 from .modeling.palm2_vadapter import PaLM2VAdapterConfig
@@ -49,6 +50,7 @@ __all__ = [
     "ImageTokenMismatchError",
     "InvalidImageError",
     "InvalidPromptError",
+    "LlamaAdapterV2Config",
     "MLPProjectorConfig",
     "PaLM2VAdapterConfig",
     "PerceiverResamplerConfig",

@@ -5,9 +5,8 @@ one commit with the real `huggingface_hub` client: `create_repo`, `create_branch
 `create_commit`. What goes up:
 
 - `adapter_model.safetensors` and `config.json` (with `auto_map`, the base ids and revisions, and the adapter config
-  as its `adapter_config` entry), as `model.save_adapter(folder, processor=processor)` writes them. The folder's
-  `adapter_config.json` is checked but stays local: on the Hub, transformers (with `peft` installed) would take a
-  root `adapter_config.json` for a PEFT adapter and fail before loading our code (see `LOCAL_ONLY`);
+  as its `adapter_config` entry) and `vadapter_config.json`, as `model.save_adapter(folder, processor=processor)`
+  writes them;
 - the remote-code `.py` files next to them, so `trust_remote_code=True` loads the repo without hf_vadapter;
 - the processor files (processor, image processor and tokenizer configs, tokenizer files, chat template);
 - the training metrics files the model card reads (`training_info.json`, `*_results.json`);
@@ -50,11 +49,6 @@ BASE_WEIGHT_PATTERNS = (
 UPLOAD_SUFFIXES = (".json", ".py", ".txt", ".model", ".jinja", ".md", ".tiktoken")
 # Training internals; run_config.json is read for the card but may hold local data paths.
 NEVER_UPLOAD = (TRAINER_STATE_NAME, RUN_CONFIG_NAME, "optimizer.pt", "scheduler.pt", "training_args.bin")
-# Checked locally but never uploaded: with `peft` installed, transformers' Auto classes treat a Hub repo holding a
-# root `adapter_config.json` as a PEFT adapter and fail on its missing `base_model_name_or_path` before any of our
-# code runs (a local folder escapes this only because it also holds config.json). config.json already carries the
-# same dict as `adapter_config`, and loading reads it from there.
-LOCAL_ONLY = (ADAPTER_CONFIG_NAME,)
 # Remote files removed when this push does not upload them: stale code and weights of an earlier push.
 STALE_REMOTE_PATTERNS = ("*.py", ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME, *BASE_WEIGHT_PATTERNS)
 _COMMIT_ID = re.compile(r"[0-9a-f]{40}")
@@ -261,7 +255,7 @@ def inspect_checkpoint(folder, *, include_base: bool = False, allow_local_bases:
 
     files, skipped = list(weight_files), list(subfolders)
     for name in names:
-        if name in weight_files or name in LOCAL_ONLY:
+        if name in weight_files:
             continue
         if name.endswith(UPLOAD_SUFFIXES) and name not in NEVER_UPLOAD and not _matches(name, BASE_WEIGHT_PATTERNS):
             files.append(name)

@@ -1,4 +1,7 @@
-"""The PEFT-style base of every adapter config: a dataclass saved as `adapter_config.json`.
+"""The PEFT-style base of every adapter config: a dataclass saved as `vadapter_config.json`.
+
+The file is not named `adapter_config.json`: with peft installed, transformers' Auto classes take any Hub repo holding
+that file for a PEFT adapter and redirect to its `base_model_name_or_path` before our code runs.
 
 Each adapter family subclasses `AdapterConfig` with its own fields and a unique `adapter_type`. Besides the family's
 hyper-parameters, every config says which tower features the adapter reads (`feature_layers`, `feature_select`,
@@ -13,7 +16,7 @@ from typing import Any, ClassVar, Dict, List, Optional
 
 from .errors import AdapterConfigError, CheckpointError
 
-ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_CONFIG_NAME = "vadapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 # Bumped when a saved adapter config can no longer be read by an older hf_vadapter.
 ADAPTER_FORMAT_VERSION = 1

@@ -336,7 +336,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
     def save_adapter(self, save_directory: Union[str, os.PathLike], processor=None) -> None:
         """Write an adapter-only checkpoint, atomically.
 
-        The folder gets `adapter_model.safetensors`, `adapter_config.json` (with the base ids and revisions), the
+        The folder gets `adapter_model.safetensors`, `vadapter_config.json` (with the base ids and revisions), the
         model `config.json` with `auto_map` and the remote-code files, and the processor when given: everything
         needed to rebuild the model on the unmodified bases.
         """

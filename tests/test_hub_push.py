@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import hf_vadapter
 from conftest import build_model
+from hf_vadapter.modeling.adapter_config import ADAPTER_CONFIG_NAME
 from hf_vadapter.conversion.hub import HubPushError, add_push_arguments, inspect_checkpoint, push_adapter, run_push
 from hf_vadapter.conversion.model_card import read_training_info
 
@@ -56,7 +57,7 @@ def test_dry_run_selects_adapter_files_and_renders_the_card(saved):
     names = set(result.uploaded)
     assert {"adapter_model.safetensors", "config.json", "README.md", "processor_config.json", "tokenizer.json",
             "tokenizer_config.json", "modeling_vadapter.py", "configuration_vadapter.py"} <= names
-    assert "adapter_config.json" not in names  # folded into config.json; see LOCAL_ONLY in hub.py
+    assert ADAPTER_CONFIG_NAME in names
     assert not [n for n in names if n.startswith("model.") or n.endswith((".bin", ".pt"))]
     py_files = {p.name for p in folder.glob("*.py")}
     assert py_files <= names
@@ -76,8 +77,8 @@ def test_dry_run_selects_adapter_files_and_renders_the_card(saved):
 
 
 def _break(folder: Path, how: str) -> None:
-    if how == "no adapter_config.json":
-        (folder / "adapter_config.json").unlink()
+    if how == "no adapter config":
+        (folder / ADAPTER_CONFIG_NAME).unlink()
     elif how == "no adapter weights":
         (folder / "adapter_model.safetensors").unlink()
     elif how == "no config.json":
@@ -108,8 +109,8 @@ def _break(folder: Path, how: str) -> None:
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
     elif how == "adapter type disagrees":
-        config = json.loads((folder / "adapter_config.json").read_text())
-        (folder / "adapter_config.json").write_text(json.dumps({**config, "adapter_type": "perceiver_resampler"}))
+        config = json.loads((folder / ADAPTER_CONFIG_NAME).read_text())
+        (folder / ADAPTER_CONFIG_NAME).write_text(json.dumps({**config, "adapter_type": "perceiver_resampler"}))
     elif how == "no recorded base":
         config = json.loads((folder / "config.json").read_text())
         config["text_model_name_or_path"] = None
@@ -119,7 +120,7 @@ def _break(folder: Path, how: str) -> None:
 
 
 REFUSALS = {
-    "no adapter_config.json": "has no adapter_config.json",
+    "no adapter config": f"has no {ADAPTER_CONFIG_NAME}",
     "no adapter weights": "has no adapter_model.safetensors",
     "no config.json": "has no config.json",
     "truncated weights": "truncated or corrupt",

@@ -16,14 +16,17 @@ and the KV cache treat them like any token: text attends to them, they never see
   state, which is how the text sees the image. The paper's official code leaves the slot's attention row unmasked
   (it sees future text) and skips the last layer; neither is reproduced.
 * The soft prompt is P vectors, either a plain embedding or re-parameterised (Embedding -> Linear -> Tanh ->
-  Linear, the paper's default). ``prompt_placement="layer"`` (our default) writes them into the prompt slots at
-  layer L only, from where they flow up like any token; ``"input"`` (the paper's placement) puts them at the input
-  placeholders instead.
+  Linear, the paper's default). ``prompt_placement="layer"`` (our default) overwrites the prompt slots the same way
+  as the [CLS] slot, with the same P vectors at every layer >= L; ``"input"`` (the paper's placement) puts them at
+  the input placeholders instead, from where they flow up like any token.
 
 Why the prompt goes in at layer L by default: a trainable prompt at the input makes every layer below L part of the
-backward pass, which is exactly the work eP-ALM is meant to skip. Measured by ``benchmarks/epalm_backward.py`` (see
-``docs/epalm.md``): with ``"layer"`` no LM layer below L is in the autograd graph and a training step costs a
-fraction of the ``"input"`` step and of a prefix (MLP projector) step, with the same toy-task loss.
+backward pass, which is exactly the work eP-ALM is meant to skip. Measured with ``benchmarks/epalm_backward.py`` on
+a 16-layer random Llama (L = 10, batch 8, CPU): with ``"layer"`` 6 of 16 decoder layers are in the autograd graph
+(443 backward nodes) and a backward pass costs 0.41x the ``"input"`` one (1069 nodes, 16 layers) and 0.25x a
+49-token MLP-projector prefix's. The price is measured too (``benchmarks/epalm_prompt_placement.py``, a toy colour
+task on an 8-layer random LM, 60 steps): the input prompt steers all layers and reaches a lower loss (0.25 against
+1.04); with the [CLS] slot alone the loss stays at 5.2. ``docs/epalm.md`` has the tables.
 
 The hooks edit only a forward whose tokens contain the slots (prefill, or an uncached step). Cached decode steps
 have no placeholders, and the slots' keys/values are already in the cache, so nothing persists between forwards
@@ -41,7 +44,7 @@ from torch import nn
 
 from .adapter_base import VisionAdapter
 from .adapter_config import AdapterConfig
-from .errors import AdapterConfigError, ImageTokenMismatchError
+from .errors import AdapterConfigError
 from .lm_anatomy import LMAnatomy, get_lm_anatomy
 from .vision_features import VisionGeometry
 
@@ -68,9 +71,9 @@ class EPALMConfig(AdapterConfig):
             False trains a plain embedding (the paper's large variant).
         prompt_mlp_hidden_size: the MLP's hidden width; None uses the LM width, which reproduces the paper's
             ~25M trainable parameters for ViT-B/16 + OPT-2.7B.
-        prompt_placement: ``"layer"`` (default) writes the prompt into its slots at layer L, so no backward work is
-            done below L; ``"input"`` prepends it at the input as the paper does, at the cost of a backward pass
-            through every layer.
+        prompt_placement: ``"layer"`` (default) overwrites the prompt slots with the prompt at every layer >= L,
+            so no backward work is done below L; ``"input"`` prepends it at the input as the paper does, at the cost
+            of a backward pass through every layer.
     """
 
     adapter_type: ClassVar[str] = "epalm"
@@ -143,10 +146,9 @@ class _SlotInjector:
     the original installed. Deep copies therefore share this object.
     """
 
-    def __init__(self, injection_layer: int, layers_per_level: int, prompt_at_layer: bool):
+    def __init__(self, injection_layer: int, layers_per_level: int):
         self.injection_layer = injection_layer
         self.layers_per_level = layers_per_level
-        self.prompt_at_layer = prompt_at_layer
         self.plan: Optional[Tuple[Any, ...]] = None
         self.handles: list = []
 
@@ -164,22 +166,20 @@ class _SlotInjector:
     def make_plan(
         self, context: Optional[EPALMContext], image_token_mask: Optional[torch.Tensor], num_slots: int
     ) -> Optional[Tuple[Any, ...]]:
-        """Slot indices and the tensors to write, or None when this forward holds no slots (a cached decode step)."""
+        """Slot indices and the tensors to write, or None when this forward holds no slots (a cached decode step).
+
+        The model has already checked that the mask holds ``num_slots`` placeholders per image.
+        """
         if context is None or image_token_mask is None:
             return None
         positions = image_token_mask.nonzero()  # [N_img * num_slots, 2], row-major: image after image
         if positions.shape[0] == 0:
             return None
         num_images = context.levels.shape[0]
-        if positions.shape[0] != num_images * num_slots:
-            raise ImageTokenMismatchError(
-                f"eP-ALM needs {num_slots} placeholders per image: got {positions.shape[0]} placeholders for "
-                f"{num_images} images."
-            )
         groups = positions.view(num_images, num_slots, 2)
         cls_index = (groups[:, -1, 0], groups[:, -1, 1])  # [N_img] rows, [N_img] columns
         prompt_index = prompt_values = None
-        if self.prompt_at_layer and context.prompt is not None:
+        if context.prompt is not None:  # prompt_placement="layer"
             prompt_positions = groups[:, :-1].reshape(-1, 2)  # [N_img * P, 2]
             prompt_index = (prompt_positions[:, 0], prompt_positions[:, 1])
             prompt_values = context.prompt.repeat(num_images, 1)  # [N_img * P, D]
@@ -190,10 +190,9 @@ class _SlotInjector:
             return None
         cls_index, levels, prompt_index, prompt_values = self.plan
         hidden = LMAnatomy.layer_hidden_states(args, kwargs)  # [B, S, D]
-        depth = layer_index - self.injection_layer
-        level = min(depth // self.layers_per_level, levels.shape[1] - 1)
+        level = min((layer_index - self.injection_layer) // self.layers_per_level, levels.shape[1] - 1)
         hidden = hidden.index_put(cls_index, levels[:, level].to(hidden.dtype))
-        if depth == 0 and prompt_index is not None:
+        if prompt_index is not None:
             hidden = hidden.index_put(prompt_index, prompt_values.to(hidden.dtype))
         return LMAnatomy.replace_layer_hidden_states(args, kwargs, hidden)
 
@@ -220,12 +219,13 @@ class EPALM(VisionAdapter):
             raise AdapterConfigError(
                 f"injection_layer={self.injection_layer}, but the LM has {num_lm_layers} layers (0..{num_lm_layers - 1})."
             )
-        self.num_levels = len(config.feature_layers)
         width = text_config.hidden_size
         if config.shared_projection:
             self.projection = nn.Linear(geometry.hidden_size, width)
         else:
-            self.projections = nn.ModuleList(nn.Linear(geometry.hidden_size, width) for _ in range(self.num_levels))
+            self.projections = nn.ModuleList(
+                nn.Linear(geometry.hidden_size, width) for _ in range(len(config.feature_layers))
+            )
         # Placeholders are scattered into the input embeddings, whose width differs from the hidden width in OPT
         # checkpoints with a projection (opt-350m); injected tokens are written into hidden states.
         self.input_width = getattr(text_config, "word_embed_proj_dim", None) or width
@@ -238,7 +238,7 @@ class EPALM(VisionAdapter):
                 (config.prompt_mlp_hidden_size or prompt_width) if config.prompt_mlp else None,
                 getattr(text_config, "initializer_range", 0.02),
             )
-        self._injector = _SlotInjector(self.injection_layer, config.layers_per_level, config.prompt_placement == "layer")
+        self._injector = _SlotInjector(self.injection_layer, config.layers_per_level)
 
     @property
     def num_image_tokens(self) -> int:
@@ -246,12 +246,7 @@ class EPALM(VisionAdapter):
 
     def attach(self, language_model: nn.Module) -> None:
         """Install the slot-overwrite pre-hooks on decoder layers L..end (raises for an LM family it cannot reach)."""
-        anatomy = get_lm_anatomy(language_model)
-        if len(anatomy.decoder_layers) <= self.injection_layer:
-            raise AdapterConfigError(
-                f"injection_layer={self.injection_layer}, but the LM has {len(anatomy.decoder_layers)} decoder layers."
-            )
-        self._injector.install(anatomy.decoder_layers)
+        self._injector.install(get_lm_anatomy(language_model).decoder_layers)
 
     def project(self, cls_tokens: torch.Tensor) -> torch.Tensor:
         """[CLS] tokens [N, num_levels, Dv] -> levels [N, num_levels, D]."""

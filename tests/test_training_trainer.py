@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import EarlyStoppingCallback, TrainerCallback
 
+from hf_vadapter.modeling.adapter_config import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from hf_vadapter.training import build_model_and_processor, run_training
 from hf_vadapter.training.callbacks import CSV_NAME, CURVE_NAME
 from test_training_helpers import adapter_file, adapter_tensors, arguments, bases, max_abs_diff  # noqa: F401
@@ -33,7 +34,7 @@ def test_checkpoints_hold_the_adapter_only_and_appear_whole(bases, tmp_path):
     assert not [name for name in names if name.startswith(".")], names  # no staging folder left behind
     checkpoint = tmp_path / "run" / "checkpoint-4"
     files = set(os.listdir(checkpoint))
-    assert {"adapter_model.safetensors", "adapter_config.json", "config.json", "optimizer.pt", "scheduler.pt",
+    assert {ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME, "config.json", "optimizer.pt", "scheduler.pt",
             "rng_state.pth", "trainer_state.json", "processor_config.json"} <= files  # fmt: skip
     assert not files & {"model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"}
     saved = adapter_file(checkpoint)

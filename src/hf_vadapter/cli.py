@@ -74,7 +74,9 @@ def _training_flags() -> List[argparse.ArgumentParser]:
 
 
 @command(
-    "train", help="Train an adapter with the HF Trainer (a YAML/JSON config file and/or flags).", parents=_training_flags
+    "train",
+    help="Train an adapter with the HF Trainer (a YAML/JSON config file and/or flags).",
+    parents=_training_flags,
 )
 def train_command(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument(

@@ -11,7 +11,6 @@ A file gives the base values and flags override them. The same dataclasses are b
 """
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 from dataclasses import dataclass, field
@@ -184,7 +183,8 @@ class DataArguments:
 
 
 def _default_report_to() -> str:
-    return "tensorboard" if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX") else "none"
+    installed = importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")
+    return "tensorboard" if installed else "none"
 
 
 @dataclass
@@ -294,16 +294,3 @@ def parse_arguments(
     merged.update(_given_flags(parser, argv))
     return tuple(parser.parse_dict(merged))
 
-
-def arguments_to_dict(*arguments) -> Dict[str, Any]:
-    """The non-default fields of argument dataclasses, as a config file would hold them (for recording a run)."""
-    out: Dict[str, Any] = {}
-    for args in arguments:
-        for item in dataclasses.fields(args):
-            if not item.init or item.name.startswith("_"):
-                continue
-            value = getattr(args, item.name)
-            if item.default is not dataclasses.MISSING and value == item.default:
-                continue
-            out[item.name] = value.value if hasattr(value, "value") and not isinstance(value, (str, int)) else value
-    return out

@@ -38,7 +38,8 @@ class CSVLoggerCallback(TrainerCallback):
                 writer.writerow(CSV_COLUMNS)
             for name, value in logs.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    writer.writerow((state.global_step, "" if state.epoch is None else f"{state.epoch:.4f}", name, value))
+                    epoch = "" if state.epoch is None else f"{state.epoch:.4f}"
+                    writer.writerow((state.global_step, epoch, name, value))
 
 
 def loss_series(log_history: List[Dict[str, float]]) -> Dict[str, List[tuple]]:

@@ -1,6 +1,6 @@
 """Adapter-only checkpoints: what a training run writes instead of the frozen bases, and how folders are swapped in.
 
-A checkpoint folder holds `adapter_model.safetensors`, `adapter_config.json`, the model `config.json` (with the base
+A checkpoint folder holds `adapter_model.safetensors`, the adapter config (`ADAPTER_CONFIG_NAME`), the model `config.json` (with the base
 ids, `auto_map` and the remote-code files: `from_pretrained` loads it onto the bases), the processor, and the
 Trainer's own optimizer / scheduler / RNG / trainer-state files.
 """

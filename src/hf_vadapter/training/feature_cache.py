@@ -170,7 +170,9 @@ class FeatureStore:
             logger.warning("Ignoring the unreadable feature cache shard %s: %s", shard, error)
             return None
         if loaded.num_rows != expected:
-            logger.warning("Ignoring the feature cache shard %s: %d rows, %d expected.", shard, loaded.num_rows, expected)
+            logger.warning(
+                "Ignoring the feature cache shard %s: %d rows, %d expected.", shard, loaded.num_rows, expected
+            )
             return None
         return loaded
 
@@ -184,7 +186,9 @@ class FeatureStore:
         """Features of the images with these hashes, stacked: [N, T, L, S, Dv]."""
         missing = [digest for digest in digests if digest not in self._index]
         if missing:
-            raise KeyError(f"{len(missing)} images are not in the feature cache {self.folder} (e.g. {missing[0][:12]}).")
+            raise KeyError(
+                f"{len(missing)} images are not in the feature cache {self.folder} (e.g. {missing[0][:12]})."
+            )
         out: List[Optional[np.ndarray]] = [None] * len(digests)
         by_shard: Dict[int, List[Tuple[int, int]]] = {}
         for position, digest in enumerate(digests):

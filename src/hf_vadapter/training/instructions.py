@@ -157,7 +157,8 @@ def instructions_to_dataset(rows: List[Dict[str, str]], source: str = "instructi
 def load_instruction_dataset(spec: str) -> datasets.Dataset:
     """`"builtin"` (the shipped set; regenerated if the file is missing) or the path of an Alpaca-style JSON file."""
     if spec == "builtin":
-        rows = read_alpaca_json(BUILTIN_INSTRUCTIONS) if BUILTIN_INSTRUCTIONS.is_file() else build_instruction_examples()
+        shipped = BUILTIN_INSTRUCTIONS.is_file()
+        rows = read_alpaca_json(BUILTIN_INSTRUCTIONS) if shipped else build_instruction_examples()
         return instructions_to_dataset(rows, "builtin")
     return instructions_to_dataset(read_alpaca_json(spec), Path(spec).stem)
 

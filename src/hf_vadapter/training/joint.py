@@ -107,4 +107,5 @@ class ModalityGroupedSampler(Sampler):
             yield from blocks[position]
 
     def __len__(self) -> int:
-        return sum(math.ceil(len(rows) / self.group_size) * self.group_size for rows in (self.image_rows, self.text_rows) if rows)
+        kinds = (self.image_rows, self.text_rows)
+        return sum(math.ceil(len(rows) / self.group_size) * self.group_size for rows in kinds if rows)

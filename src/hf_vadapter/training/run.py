@@ -120,10 +120,16 @@ def run_training(
     if trainer.is_world_process_zero():
         _record_run(training_args.output_dir, model_args, data_args)
     resume = resume_from_checkpoint if resume_from_checkpoint is not None else training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
+        resume = True  # the last checkpoint in output_dir
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     trainer.save_state()
     eval_metrics: Dict[str, float] = {}
     if eval_dataset is not None and (training_args.do_eval or training_args.eval_strategy != "no"):
-        eval_metrics = trainer.evaluate()
+        step = trainer.state.global_step
+        last = [entry for entry in trainer.state.log_history if entry.get("step") == step and "eval_loss" in entry]
+        reloaded = training_args.load_best_model_at_end and trainer.state.best_model_checkpoint
+        # The final weights were just evaluated unless the best checkpoint was loaded back since.
+        eval_metrics = dict(last[-1]) if last and not reloaded else trainer.evaluate()
     return TrainingRun(trainer, dict(result.metrics), eval_metrics, training_args.output_dir)

@@ -20,6 +20,7 @@ import os
 import shutil
 from typing import Optional
 
+import datasets
 import torch
 from accelerate.utils import gather_object
 from transformers import Trainer
@@ -35,7 +36,6 @@ from .checkpointing import (
     save_adapter_files,
     staging_name,
 )
-from .collator import has_image
 from .joint import ModalityGroupedSampler, batch_modality, drop_other_group_grads, modality_parameter_groups
 
 try:  # the mixed-batch split of LLaMA-Adapter V2's joint training
@@ -116,11 +116,11 @@ class VisionAdapterTrainer(Trainer):
             # As the Trainer does: record the state of stateful callbacks (early stopping) and of the control.
             for callback in self.callback_handler.callbacks + [self.control]:
                 if isinstance(callback, ExportableState):
-                    name = type(callback).__name__
-                    if isinstance(self.state.stateful_callbacks.get(name), list):
-                        self.state.stateful_callbacks[name].append(callback.state())
+                    callback_name = type(callback).__name__
+                    if isinstance(self.state.stateful_callbacks.get(callback_name), list):
+                        self.state.stateful_callbacks[callback_name].append(callback.state())
                     else:
-                        self.state.stateful_callbacks[name] = callback.state()
+                        self.state.stateful_callbacks[callback_name] = callback.state()
             self.state.save_to_json(os.path.join(staging, "trainer_state.json"))
             promote_directory(staging, final)
         self.accelerator.wait_for_everyone()
@@ -163,8 +163,11 @@ class VisionAdapterTrainer(Trainer):
             grouped = self.modality_groups is not None
         if not grouped or dataset is None or not hasattr(dataset, "column_names"):
             return super()._get_train_sampler(train_dataset)
-        columns = [column for column in ("image_hash", "image") if column in dataset.column_names][:1]
-        flags = [has_image(row) for row in dataset.select_columns(columns)]
+        if "image_hash" in dataset.column_names:
+            flags = [bool(digest) for digest in dataset["image_hash"]]
+        else:  # read the image column undecoded: only whether a row has an image matters
+            images = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+            flags = [image is not None for image in images["image"]]
         if all(flags) or not any(flags):
             return super()._get_train_sampler(train_dataset)
         group = self.args.per_device_train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
@@ -177,7 +180,8 @@ class VisionAdapterTrainer(Trainer):
             # A batch mixing image-text and text-only rows: each kind runs as its own forward, so each trains only
             # its own parameter group; the two losses add up to the whole batch's loss.
             loss = joint_loss(model, inputs, has_image, num_items_in_batch)
-            if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
+            # As Trainer.compute_loss: the token count spans all processes, whose gradients DDP averages.
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes
             return (loss, {"loss": loss}) if return_outputs else loss
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -191,7 +195,9 @@ class VisionAdapterTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------ evaluation
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if getattr(self.args, "generation_eval", False) and self.processing_class is not None:
             dataset = getattr(dataloader, "dataset", None)

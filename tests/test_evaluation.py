@@ -96,3 +96,30 @@ def test_training_reports_generation_metrics_and_selects_on_them(bases, tmp_path
         assert {"eval_cider", "eval_bleu", "eval_vqa_accuracy", "eval_vqa_accuracy_count"} <= set(entry)
         assert 0.0 <= entry["eval_vqa_accuracy"] <= 1.0
     assert run.trainer.state.best_metric == max(entry["eval_vqa_accuracy"] for entry in evaluations[:2])
+
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize(
+    "kind, files",
+    [
+        ("coco", ["--data_dir", "coco/images", "--annotations_file", "coco/captions.json"]),
+        ("vqav2", ["--data_dir", "coco/images", "--annotations_file", "vqav2/annotations.json",
+                   "--questions_file", "vqav2/questions.json"]),
+        ("imagefolder", ["--data_dir", "imagefolder"]),
+    ],
+)  # fmt: skip
+def test_evaluate_command_reads_user_formats(bases, model_and_processor, kind, files, tmp_path):
+    from hf_vadapter import cli
+
+    model, processor = model_and_processor
+    model.save_adapter(tmp_path / "adapter", processor=processor)
+    paths = [str(FIXTURES / value) if not value.startswith("--") else value for value in files]
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "adapter"), "--output_dir", str(tmp_path / "eval"),
+            "--dataset", kind, *paths, "--max_new_tokens", "3"]  # fmt: skip
+    assert cli.main(argv) == 0
+    metrics = json.loads((tmp_path / "eval" / METRICS_NAME).read_text())
+    lines = (tmp_path / "eval" / PREDICTIONS_NAME).read_text().splitlines()
+    assert ("vqa_accuracy" in metrics) == (kind == "vqav2") and ("cider" in metrics) == (kind != "vqav2")
+    assert len(lines) == (3 if kind != "imagefolder" else 2)

@@ -167,3 +167,28 @@ def test_palm2_vadapter_stage2_starts_from_stage1(tiny_bases, tmp_path):
     matches = [name for name, value in trained.items() for key, other in carried.items()
                if key.endswith(name.removeprefix("model.")) and torch.equal(value, other)]  # fmt: skip
     assert len(matches) == len(trained), (sorted(trained)[:3], sorted(carried)[:3])
+
+
+@pytest.mark.skipif("llama_adapter_v2" not in ADAPTER_REGISTRY, reason="LLaMA-Adapter V2 is not registered")
+def test_mixed_batches_are_split_for_disjoint_groups(bases, tmp_path):
+    # Without modality grouping, batches mix image and text rows: the trainer runs each kind as its own forward.
+    args = arguments(
+        bases,
+        tmp_path / "run",
+        adapter_type="llama_adapter_v2",
+        adapter_config={},
+        instruction_data="builtin",
+        max_instruction_samples=12,
+        modality_grouped_batches=False,
+        per_device_train_batch_size=12,
+        max_steps=2,
+    )
+    seen = []
+
+    class Spy(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(state.global_step)
+
+    run = run_training(*args, callbacks=[Spy()])
+    assert seen == [1, 2]
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in run.trainer.state.log_history if "loss" in entry)

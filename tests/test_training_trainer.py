@@ -159,3 +159,28 @@ def test_bf16_flag_reaches_accelerate(bases, tmp_path):
     assert run.trainer.accelerator.mixed_precision == "bf16"
     assert all(torch.isfinite(value).all() for value in adapter_tensors(run.trainer.model).values())
     assert run.trainer.model.adapter.mlp[0].weight.dtype == torch.float32  # autocast, fp32 master weights
+
+
+def test_a_save_killed_midway_leaves_no_checkpoint(bases, tmp_path, monkeypatch):
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from hf_vadapter.training import VisionAdapterTrainer
+
+    original = VisionAdapterTrainer._save_rng_state
+
+    def dies_at_step_4(self, output_dir):
+        if self.state.global_step == 4:
+            raise KeyboardInterrupt("killed while saving")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(VisionAdapterTrainer, "_save_rng_state", dies_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(*arguments(bases, tmp_path / "run", save_strategy="steps", save_steps=2))
+    names = os.listdir(tmp_path / "run")
+    assert "checkpoint-2" in names and "checkpoint-4" not in names
+    assert get_last_checkpoint(str(tmp_path / "run")) == str(tmp_path / "run" / "checkpoint-2")
+    monkeypatch.setattr(VisionAdapterTrainer, "_save_rng_state", original)
+    # The next run resumes from the last complete checkpoint and clears the half-written one when it saves again.
+    resumed = run_training(*arguments(bases, tmp_path / "run", save_strategy="steps", save_steps=2), resume_from_checkpoint=True)
+    assert resumed.trainer.state.global_step == 4
+    assert sorted(name for name in os.listdir(tmp_path / "run") if "checkpoint-" in name) == ["checkpoint-2", "checkpoint-4"]

@@ -61,7 +61,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     args.argv = argv[argv.index(args.command) + 1 :]
-    return int(args.handler(args) or 0)
+    from .modeling.errors import VisionAdapterError
+
+    try:
+        return int(args.handler(args) or 0)
+    except VisionAdapterError as error:  # our typed errors already say what is wrong and what to do
+        print(f"hf-vadapter {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -174,6 +180,74 @@ def evaluate_command(parser: argparse.ArgumentParser) -> Handler:
             num_beams=evaluate_args.num_beams,
         )
         print(json.dumps(metrics, indent=1, sort_keys=True))
+        return 0
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- convert
+
+
+@command("convert", help="Convert the packaged backbones (SmolLM2-135M GGUF, DINOv2-small ONNX) into cached HF checkpoints.")
+def convert_command(parser: argparse.ArgumentParser) -> Handler:
+    parser.add_argument("which", nargs="?", choices=("all", "smollm2", "dinov2"), default="all")
+    parser.add_argument("--cache-dir", default=None, help="Where converted folders go (default: $HF_VADAPTER_CACHE).")
+    parser.add_argument("--force", action="store_true", help="Convert again even when a verified folder exists.")
+
+    def run(args: argparse.Namespace) -> int:
+        from .conversion.dinov2_onnx import convert_dinov2
+        from .conversion.smollm2_gguf import convert_smollm2
+
+        converters = {"smollm2": convert_smollm2, "dinov2": convert_dinov2}
+        for name in converters if args.which == "all" else [args.which]:
+            print(converters[name](cache_dir=args.cache_dir, force=args.force))
+        return 0
+
+    return run
+
+
+@command("convert-original", help="Convert an official eP-ALM or LLaMA-Adapter V2 checkpoint into an hf_vadapter adapter.")
+def convert_original_command(parser: argparse.ArgumentParser) -> Handler:
+    from .conversion.original_checkpoint import add_convert_original_arguments, run_convert_original
+
+    add_convert_original_arguments(parser)
+    return run_convert_original
+
+
+# ---------------------------------------------------------------------------------------------- push
+
+
+@command("push", help="Push an adapter-only checkpoint (with a model card) to the Hugging Face Hub.")
+def push_command(parser: argparse.ArgumentParser) -> Handler:
+    from .conversion.hub import add_push_arguments, run_push
+
+    add_push_arguments(parser)
+    return run_push
+
+
+# ---------------------------------------------------------------------------------------------- generate
+
+
+@command("generate", help="Answer a prompt about an image with a checkpoint (full or adapter-only).")
+def generate_command(parser: argparse.ArgumentParser) -> Handler:
+    parser.add_argument("checkpoint", help="A checkpoint folder or Hub repo (full or adapter-only).")
+    parser.add_argument("image", help="Path of the image.")
+    parser.add_argument("prompt", nargs="?", default="Describe the image.", help="The question or instruction.")
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--do-sample", action="store_true", help="Sample instead of greedy/beam decoding.")
+
+    def run(args: argparse.Namespace) -> int:
+        from PIL import Image
+
+        from .evaluation.runner import load_for_evaluation
+
+        model, processor = load_for_evaluation(args.checkpoint)
+        inputs = processor(images=[Image.open(args.image)], text=[args.prompt])
+        output = model.generate(
+            **inputs, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.do_sample
+        )
+        print(processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
         return 0
 
     return run

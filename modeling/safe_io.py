@@ -21,7 +21,9 @@ from .errors import CheckpointError
 PathLike = Union[str, os.PathLike]
 
 
-def _fsync_tree(folder: Path) -> None:
+def fsync_tree(folder: PathLike) -> None:
+    """Flush every file below `folder`, then the folder itself, to disk."""
+    folder = Path(folder)
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             with open(path, "rb") as handle:
@@ -48,18 +50,24 @@ def atomic_directory(target: PathLike, merge_existing: bool = False) -> Iterator
         if merge_existing and target.is_dir():
             shutil.copytree(target, staging, dirs_exist_ok=True)
         yield staging
-        _fsync_tree(staging)
-        if target.exists():
-            # Swap: move the old folder aside first, so that some complete folder exists at every instant.
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.rename(target, retired / target.name)
-            os.rename(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(staging, target)
+        promote_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def promote_directory(staging: PathLike, final: PathLike) -> None:
+    """Flush `staging` and rename it to `final`. An existing `final` is moved aside first and removed only after the
+    swap, so a complete folder exists at every instant."""
+    staging, final = Path(staging), Path(final)
+    fsync_tree(staging)
+    if final.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.rename(final, retired / final.name)
+        os.rename(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, final)
 
 
 def save_safetensors(tensors: Dict[str, torch.Tensor], path: PathLike, metadata: Dict[str, str] = None) -> None:

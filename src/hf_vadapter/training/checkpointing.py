@@ -58,31 +58,6 @@ def load_adapter_checkpoint(model, folder: PathLike) -> None:
     model.load_adapter(folder)
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def promote_directory(staging: PathLike, final: PathLike) -> None:
-    """Flush `staging` and rename it to `final` in one step; an existing `final` is swapped out first."""
-    staging, final = Path(staging), Path(final)
-    _fsync_tree(staging)
-    if final.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.rename(final, retired / final.name)
-        os.rename(staging, final)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(staging, final)
-
-
 def staging_name(checkpoint_name: str) -> str:
     """The hidden folder a checkpoint is assembled in; `checkpoint-*` globs and `get_last_checkpoint` skip it."""
     return f".tmp-{checkpoint_name}"

@@ -32,6 +32,7 @@ from datasets.arrow_writer import ArrowWriter
 from tqdm.auto import tqdm
 
 from ..modeling.processing_vadapter import to_rgb
+from ..modeling.safe_io import fsync_tree
 
 logger = logging.getLogger(__name__)
 
@@ -119,18 +120,6 @@ def cache_key_fields(model, image_processor, storage_dtype: str) -> Dict:
 
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _fsync_folder(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FeatureStore:
@@ -302,7 +291,7 @@ class FeatureCache:
             writer.finalize()
             writer.close()
             (staging / DONE_FILE).write_text(json.dumps({"num_rows": len(digests), "shape": shape}) + "\n")
-            _fsync_folder(staging)
+            fsync_tree(staging)
             try:
                 os.rename(staging, final)
             except OSError:

@@ -28,11 +28,11 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
 
 from ..modeling.modeling_vadapter import VisionAdapterForCausalLM
+from ..modeling.safe_io import promote_directory
 from .callbacks import CSVLoggerCallback, LossCurveCallback
 from .checkpointing import (
     is_adapter_checkpoint,
     load_adapter_checkpoint,
-    promote_directory,
     save_adapter_files,
     staging_name,
 )

@@ -17,6 +17,8 @@ class VisionAdapter(nn.Module):
 
     # True when decode steps need the context computed at prefill (the model then carries it through `generate`).
     context_persists: bool = False
+    # True for adapters whose hooks run inside the LM's layers (their parameters then meet the LM's dtype there).
+    reaches_into_lm: bool = False
 
     @property
     def num_image_tokens(self) -> int:

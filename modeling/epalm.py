@@ -201,6 +201,7 @@ class EPALM(VisionAdapter):
     """eP-ALM: per-level linear connectors from tower [CLS] tokens into LM layers >= L, plus a soft prompt."""
 
     context_persists = False
+    reaches_into_lm = True
 
     def __init__(self, config: EPALMConfig, geometry: VisionGeometry, text_config):
         super().__init__()

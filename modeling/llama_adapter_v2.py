@@ -160,6 +160,7 @@ class LlamaAdapterV2(VisionAdapter):
     """LLaMA-Adapter V2: image features [B, T, L, S, Dv] -> visual tokens [B, Nv, D] used inside the early layers."""
 
     context_persists = True
+    reaches_into_lm = True
 
     def __init__(self, config: LlamaAdapterV2Config, geometry: VisionGeometry, text_config):
         super().__init__()

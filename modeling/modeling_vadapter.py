@@ -20,7 +20,13 @@ from transformers.utils import cached_file
 from .adapter_config import ADAPTER_WEIGHTS_NAME, AdapterConfig
 from .adapters import build_adapter
 from .configuration_vadapter import VisionAdapterConfig
-from .errors import BackboneMismatchError, CheckpointError, ImageTokenMismatchError, InvalidPromptError
+from .errors import (
+    AdapterConfigError,
+    BackboneMismatchError,
+    CheckpointError,
+    ImageTokenMismatchError,
+    InvalidPromptError,
+)
 from .mlp_projector import MLPProjectorConfig
 from .processing_vadapter import image_size_of, placeholder_token_id
 from .safe_io import atomic_directory, load_safetensors, save_safetensors
@@ -117,6 +123,17 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
                 module.training = mode
         return self
 
+    def cast_language_model(self, dtype: torch.dtype) -> "VisionAdapterForCausalLM":
+        """Run the frozen LM in `dtype` (say bfloat16, whose matmuls are about twice as fast on recent CPUs) while
+        the tower and a prefix adapter keep theirs; the visual tokens are cast at the placeholders."""
+        if self.adapter.reaches_into_lm:
+            raise AdapterConfigError(
+                f"cast_language_model is for prefix adapters; {type(self.adapter).__name__} runs inside the LM's "
+                "layers. Load the whole model in one dtype instead (from_vision_text_pretrained(..., dtype=...))."
+            )
+        self.language_model.to(dtype)
+        return self
+
     def get_nb_trainable_parameters(self) -> Tuple[int, int]:
         """(trainable, total) parameter counts, as PEFT reports them."""
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -210,7 +227,8 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             image_features = self.get_image_features(pixel_values)
         image_tokens = None
         if image_features is not None:
-            image_tokens, adapter_context = self.adapter.embed_images(image_features.to(self.dtype))
+            adapter_dtype = next(self.adapter.parameters()).dtype
+            image_tokens, adapter_context = self.adapter.embed_images(image_features.to(adapter_dtype))
         image_mask = None
         if input_ids is not None:
             image_mask = input_ids == self.config.image_token_id  # [B, S]

@@ -122,3 +122,24 @@ def test_fresh_process_trust_remote_code_loads_every_saved_folder():
         assert diff == 0.0, key
         assert same_tokens, key
         assert module.startswith("transformers_modules"), (key, module)
+
+
+def test_bf16_language_model_with_fp32_prefix_adapter_trains(tiny_bases):
+    model, processor = build_model(*tiny_bases("dinov2", "llama"), ADAPTERS["mlp"]())
+    model.cast_language_model(torch.bfloat16)
+    assert model.language_model.dtype == torch.bfloat16 and next(model.adapter.parameters()).dtype == torch.float32
+    model.train()
+    loss = model(**_batch(processor, with_targets=True)).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.adapter.parameters())
+    model.eval()
+    inputs = _batch(processor, with_targets=False)
+    settings = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert torch.equal(model.generate(**inputs, **settings), model.generate(**inputs, use_cache=False, **settings))
+
+
+def test_bf16_language_model_is_refused_for_in_layer_adapters(tiny_bases):
+    model, _ = build_model(*tiny_bases("vit", "llama"), hf_vadapter.EPALMConfig(feature_layers=[-2, -1]))
+    with pytest.raises(hf_vadapter.AdapterConfigError, match="prefix adapters"):
+        model.cast_language_model(torch.bfloat16)

@@ -61,6 +61,13 @@ class ModelArguments:
     dtype: Optional[str] = field(
         default=None, metadata={"help": "dtype of the frozen bases ('float32', 'bfloat16', 'float16'); default fp32."}
     )
+    language_model_dtype: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Run only the frozen LM in this dtype (e.g. 'bfloat16': about 2x faster matmuls on recent CPUs); "
+            "the tower and a prefix adapter keep fp32."
+        },
+    )
     attn_implementation: Optional[str] = field(default=None, metadata={"help": "Attention backend of the LM."})
     init_adapter_from: Optional[str] = field(
         default=None,
@@ -107,14 +114,16 @@ class ModelArguments:
             return config_class.from_stage1(stage1, **values)
         return config_class.from_dict(values)
 
-    def torch_dtype(self):
+    def torch_dtype(self, name: Optional[str] = "dtype"):
+        """The torch dtype named by the field `name` (`dtype` or `language_model_dtype`), or None when unset."""
         import torch
 
-        if self.dtype in (None, "", "auto"):
+        value = getattr(self, name)
+        if value in (None, "", "auto"):
             return None
-        if not hasattr(torch, self.dtype) or not isinstance(getattr(torch, self.dtype), torch.dtype):
-            raise ValueError(f"dtype={self.dtype!r} is not a torch dtype name such as 'float32' or 'bfloat16'.")
-        return getattr(torch, self.dtype)
+        if not isinstance(getattr(torch, value, None), torch.dtype):
+            raise ValueError(f"{name}={value!r} is not a torch dtype name such as 'float32' or 'bfloat16'.")
+        return getattr(torch, value)
 
 
 @dataclass

@@ -56,6 +56,8 @@ def build_model_and_processor(model_args: ModelArguments) -> Tuple[VisionAdapter
         dtype=model_args.torch_dtype(),
         attn_implementation=model_args.attn_implementation,
     )
+    if model_args.language_model_dtype:
+        model.cast_language_model(model_args.torch_dtype("language_model_dtype"))
     if model_args.init_adapter_from:
         report = load_partial_adapter(model, model_args.init_adapter_from)
         logger.info(

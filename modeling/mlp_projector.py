@@ -22,6 +22,9 @@ class MLPProjectorConfig(AdapterConfig):
         hidden_act: activation between the two layers.
         pool_size: average-pool the patch grid by this factor per side before projecting (1 keeps every patch);
             pooling 2 turns 16x16 patches into 64 visual tokens.
+        input_norm: LayerNorm each layer's features before concatenating them. Hidden states of a tower's early
+            and late layers differ in scale by an order of magnitude (DINOv2-small: std 0.05 at layer 3, 2.2 at
+            layer 12), so without it the projector starts out nearly blind to the early layers.
 
     Several `feature_layers` are concatenated along the channels, as LLaVA does with multi-layer features.
     """
@@ -31,6 +34,7 @@ class MLPProjectorConfig(AdapterConfig):
     num_layers: int = 2
     hidden_act: str = "gelu"
     pool_size: int = 1
+    input_norm: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -54,6 +58,7 @@ class MLPProjector(VisionAdapter):
                 f"pool_size={config.pool_size} does not divide the tower's {geometry.grid_size}x{geometry.grid_size} "
                 "patch grid."
             )
+        self.input_norm = nn.LayerNorm(geometry.hidden_size) if config.input_norm else nn.Identity()
         in_features = geometry.hidden_size * len(config.feature_layers)
         layers = [nn.Linear(in_features, text_config.hidden_size)]
         if config.num_layers == 2:
@@ -74,6 +79,7 @@ class MLPProjector(VisionAdapter):
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         b, t, num_layers, s, d = image_features.shape
+        image_features = self.input_norm(image_features)
         features = image_features.permute(0, 1, 3, 2, 4).reshape(b * t, s, num_layers * d)  # [B*T, S, L*Dv]
         if self.config.pool_size > 1:
             features = self._pool(features)

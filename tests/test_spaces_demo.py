@@ -1,0 +1,507 @@
+"""The Gradio Space demo (spaces_demo/app.py) on tiny random checkpoints: through gradio_client on loopback, in a
+real headless Chromium driven by playwright, with bad inputs, under load, and without any checkpoint.
+
+Answers are checked against the model's own greedy output for the same input (a direct `model.generate`), so a
+correct pipeline is the only way to pass. The browser test saves a screenshot to pytest's tmp folder, to
+$HF_VADAPTER_TEST_ARTIFACTS when set, and to /tmp/hf_vadapter_demo_screenshot.png.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import zlib
+from pathlib import Path
+from urllib.parse import urlparse
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import pytest
+import torch
+from PIL import Image
+from transformers import TextIteratorStreamer
+
+import hf_vadapter
+from conftest import build_model, random_image
+
+APP_PATH = Path(__file__).resolve().parent.parent / "spaces_demo" / "app.py"
+SCREENSHOT_COPY = Path("/tmp/hf_vadapter_demo_screenshot.png")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+MAX_NEW_TOKENS = 12
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+STREAM_QUESTIONS = ("How many shapes are there?", "Is there a blue star?", "What shape is the green object?")
+
+
+def load_app():
+    """spaces_demo/app.py as a module (the folder is not a package: the Space runs the file directly)."""
+    spec = importlib.util.spec_from_file_location("hf_vadapter_spaces_demo_app", APP_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def direct_answer(model, processor, image, prompt: str, max_new_tokens: int = MAX_NEW_TOKENS) -> str:
+    """The model's own greedy answer, with no demo code in the way."""
+    inputs = processor(images=[image], text=[prompt])
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def direct_stream(model, processor, image, prompt: str, max_new_tokens: int = 24) -> list:
+    """The texts a TextIteratorStreamer releases during the model's greedy generation, accumulated and stripped."""
+    inputs = processor(images=[image], text=[prompt])
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    worker = threading.Thread(
+        target=model.generate, kwargs=dict(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer)
+    )
+    worker.start()
+    texts, text = [], ""
+    for piece in streamer:
+        text += piece
+        if piece:
+            texts.append(text.strip())
+    worker.join()
+    return texts
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares `width` x `height` but holds one byte of pixels: a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def final(outputs):
+    """The last (answer, status) pair a handler yields."""
+    return list(outputs)[-1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_outside_connections():
+    """Every connection and name lookup made in this process while these tests run must stay on loopback."""
+    attempts = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_getaddrinfo = socket.getaddrinfo
+
+    def outside(host) -> bool:
+        return isinstance(host, (str, bytes)) and (host.decode() if isinstance(host, bytes) else host) not in LOOPBACK
+
+    def connect(self, address):
+        if isinstance(address, tuple) and outside(address[0]):
+            attempts.append(address)
+            raise ConnectionRefusedError(f"test: no outside connections ({address})")
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        if isinstance(address, tuple) and outside(address[0]):
+            attempts.append(address)
+            return 111
+        return real_connect_ex(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if outside(host):
+            attempts.append(host)
+            raise socket.gaierror(f"test: no outside name lookups ({host})")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", connect)
+        patch.setattr(socket.socket, "connect_ex", connect_ex)
+        patch.setattr(socket, "getaddrinfo", getaddrinfo)
+        yield attempts
+    assert not attempts, f"the demo or its client tried to reach outside: {attempts}"
+
+
+@pytest.fixture(scope="module")
+def app():
+    return load_app()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_bases, tmp_path_factory):
+    """An adapter-only MLP-projector checkpoint with a metrics file beside it, and the model that wrote it."""
+    tower_path, lm_path = tiny_bases("vit", "llama")
+    model, processor = build_model(tower_path, lm_path, hf_vadapter.MLPProjectorConfig(), seed=0)
+    model.eval()
+    run = tmp_path_factory.mktemp("demo_run")
+    model.save_adapter(run / "adapter", processor=processor)
+    metrics = {"metrics": {"test": {"vqa_accuracy": 0.5, "cider": 0.125}, "test_heldout": {"vqa_accuracy": 0.25}}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run / "adapter", model, processor
+
+
+@pytest.fixture(scope="module")
+def server(app, checkpoint):
+    """The demo on 127.0.0.1 in a background thread: (url, its DemoModel)."""
+    folder, _, _ = checkpoint
+    demo_model = app.DemoModel.load(str(folder))
+    assert demo_model.ready, demo_model.error
+    demo = app.build_demo(demo_model)
+    _, url, share_url = app.launch_demo(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True,
+                                        quiet=True)
+    assert share_url is None
+    yield url, demo_model
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server[0], verbose=False)
+
+
+@pytest.fixture(scope="module")
+def scene_png(tmp_path_factory):
+    """A synthetic scene (from hf_vadapter.data.synthetic) as a PNG file."""
+    from hf_vadapter.data.synthetic import render_scene, sample_scene, scene_rng
+
+    path = tmp_path_factory.mktemp("scene") / "scene.png"
+    render_scene(sample_scene(scene_rng("test", 0, 0)), 224).save(path)
+    return path
+
+
+def settings(max_new_tokens=MAX_NEW_TOKENS, decoding="greedy", num_beams=3, temperature=0.7, context=""):
+    return [max_new_tokens, decoding, num_beams, temperature, context]
+
+
+# ------------------------------------------------------------------------------------------------ 1. gradio_client
+
+
+def test_client_caption_and_qa_equal_direct_generate(client, checkpoint, scene_png, tmp_path):
+    from gradio_client import handle_file
+
+    _, model, processor = checkpoint
+    photo = tmp_path / "photo.png"
+    random_image(3, size=(64, 48)).save(photo)
+    for path in (scene_png, photo):
+        image = Image.open(path).convert("RGB")
+        caption, status = client.predict(handle_file(str(path)), *settings(), api_name="/caption")
+        assert caption == direct_answer(model, processor, image, "Describe the image.")
+        assert "new tokens" in status and "greedy" in status
+        answer, status = client.predict(handle_file(str(path)), "What color is the circle?", *settings(),
+                                        api_name="/answer")
+        assert answer == direct_answer(model, processor, image, "What color is the circle?")
+
+    # Streamed: the job yields what TextIteratorStreamer releases (text up to each space), then the final answer.
+    image = Image.open(scene_png).convert("RGB")
+    question = max(STREAM_QUESTIONS, key=lambda q: len(direct_stream(model, processor, image, q)))
+    partials = direct_stream(model, processor, image, question)
+    assert len(partials) >= 2, "no candidate question streams in pieces; pick others"
+    job = client.submit(handle_file(str(scene_png)), question, *settings(max_new_tokens=24), api_name="/answer")
+    answer, status = job.result(timeout=60)
+    outputs = [tuple(output) for output in job.outputs()]
+    assert answer == direct_answer(model, processor, image, question, 24) and "new tokens" in status
+    assert outputs[-1] == (answer, status)
+    streamed = [text for text, state in outputs[:-1] if state == "Generating…"]
+    assert len(streamed) >= 2 and streamed == [text for text in partials if text in streamed], (streamed, partials)
+
+
+def test_client_beam_search_and_sampling(client, checkpoint, scene_png):
+    from gradio_client import handle_file
+
+    _, model, processor = checkpoint
+    image = Image.open(scene_png).convert("RGB")
+    answer, status = client.predict(handle_file(str(scene_png)), *settings(decoding="beam search", num_beams=3),
+                                    api_name="/caption")
+    inputs = processor(images=[image], text=["Describe the image."])
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, num_beams=3)
+    assert answer == processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    assert "beam search" in status
+    answer, status = client.predict(handle_file(str(scene_png)), *settings(decoding="sampling", temperature=1.3),
+                                    api_name="/caption")
+    assert "sampling" in status and not answer.startswith("⚠️")
+
+
+# ------------------------------------------------------------------------------------------------ 2. browser
+
+
+def test_browser_upload_ask_and_screenshot(app, server, checkpoint, scene_png, tmp_path):
+    """Headless Chromium (Debian's package) via playwright: upload, type, click, read the answer, screenshot."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; scripts/test.sh does it as root)")
+    url, _ = server
+    _, model, processor = checkpoint
+    question = "What color is the circle?"
+    image = Image.open(scene_png).convert("RGB")
+    expected = direct_answer(model, processor, image, question, app.DEFAULT_MAX_NEW_TOKENS)  # the page's defaults
+
+    requests = []
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(url, wait_until="networkidle")
+            # Captioning an example (a bundled photo): the example file goes through the same handler.
+            page.locator("#caption-examples button.gallery-item").first.click()
+            page.locator("#caption-image img").first.wait_for(state="visible", timeout=30_000)
+            page.locator("#caption-button").click()
+            page.wait_for_function(
+                "() => (document.querySelector('#caption-status')?.innerText || '').includes('new tokens')",
+                timeout=60_000,
+            )
+            example_caption = page.locator("#caption-answer textarea").input_value()
+            # Visual QA on an uploaded file, typed question, button click.
+            page.get_by_role("tab", name="Visual QA").click()
+            page.locator("#qa-image input[type=file]").set_input_files(str(scene_png))
+            page.locator("#qa-image img").first.wait_for(state="visible", timeout=30_000)
+            page.locator("#question textarea").fill(question)
+            page.locator("#qa-button").click()
+            page.wait_for_function(
+                "() => (document.querySelector('#qa-status')?.innerText || '').includes('new tokens')",
+                timeout=60_000,
+            )
+            answer = page.locator("#qa-answer textarea").input_value()
+            status = page.locator("#qa-status").inner_text()
+            font = page.evaluate("() => getComputedStyle(document.querySelector('.gradio-container')).fontFamily")
+            screenshot = tmp_path / "hf_vadapter_demo.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+
+    shutil.copy(screenshot, SCREENSHOT_COPY)
+    if os.environ.get("HF_VADAPTER_TEST_ARTIFACTS"):
+        artifacts = Path(os.environ["HF_VADAPTER_TEST_ARTIFACTS"])
+        artifacts.mkdir(parents=True, exist_ok=True)
+        shutil.copy(screenshot, artifacts / screenshot.name)
+    # A textarea's value normalises line breaks; nothing else may differ.
+    assert answer == expected.replace("\r\n", "\n").replace("\r", "\n")
+    example = Image.open(app.example_inputs()["caption"][0][0]).convert("RGB")
+    expected_caption = direct_answer(model, processor, example, "Describe the image.", app.DEFAULT_MAX_NEW_TOKENS)
+    assert example_caption == expected_caption.replace("\r\n", "\n").replace("\r", "\n")
+    assert "greedy" in status
+    assert "ui-sans-serif" in font and "Source Sans" not in font, font
+    hosts = {urlparse(request).hostname for request in requests if urlparse(request).scheme in ("http", "https")}
+    assert hosts == {"127.0.0.1"}, f"requests left loopback: {sorted(hosts)}"
+    assert screenshot.stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------------------ 3. bad inputs
+
+
+def test_handlers_turn_bad_inputs_into_messages(app, server, checkpoint, tmp_path):
+    _, demo_model = server
+    _, model, processor = checkpoint
+    picture = random_image(5, size=(40, 30))
+
+    gray = picture.convert("L")
+    answer, status = final(demo_model.answer(gray, "What color is the circle?", *settings()))
+    assert answer == direct_answer(model, processor, gray.convert("RGB"), "What color is the circle?")
+    assert "grayscale" in status
+
+    rgba = picture.convert("RGBA")
+    rgba.putalpha(128)
+    answer, status = final(demo_model.caption(rgba, *settings()))
+    white = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    assert answer == direct_answer(model, processor, white, "Describe the image.")
+    assert "transparent" in status
+
+    empty_file = tmp_path / "empty.png"
+    empty_file.write_bytes(b"")
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not an image at all" * 10)
+    cases = {
+        "no image": (demo_model.answer(None, "What is it?", *settings()), "upload an image"),
+        "empty image": (demo_model.caption(Image.new("RGB", (0, 0)), *settings()), "empty"),
+        "empty file": (demo_model.caption(str(empty_file), *settings()), "empty"),
+        "unreadable file": (demo_model.caption(str(garbage), *settings()), "could not be read"),
+        "huge image": (demo_model.caption(Image.new("1", (8100, 8000)), *settings()), "pixel limit"),
+        "huge file": (demo_model.caption(str(png_header_only(tmp_path / "huge.png", 9000, 9000)), *settings()),
+                      "pixel limit"),
+        "bomb file": (demo_model.caption(str(png_header_only(tmp_path / "bomb.png", 30000, 30000)), *settings()),
+                      "pixel limit"),
+        "empty question": (demo_model.answer(picture, "   ", *settings()), "type a question"),
+        "long question": (demo_model.answer(picture, "why " * 200, *settings()), "characters long"),
+        "bad decoding": (demo_model.caption(picture, *settings(decoding="telepathy")), "Unknown decoding"),
+    }
+    for name, (outputs, phrase) in cases.items():
+        answer, status = final(outputs)
+        assert answer.startswith(app.WARNING) and phrase in answer, (name, answer)
+        assert "Traceback" not in answer + status, name
+
+
+def test_client_bad_uploads_get_messages(app, client, tmp_path):
+    """The same refusals through the server: the files are opened by the handler, not by Gradio."""
+    from gradio_client import handle_file
+
+    empty_file = tmp_path / "empty.png"
+    empty_file.write_bytes(b"")
+    bomb = png_header_only(tmp_path / "bomb.png", 30000, 30000)
+    gray = tmp_path / "gray.png"
+    random_image(6).convert("L").save(gray)
+    for path, phrase in ((empty_file, "empty"), (bomb, "pixel limit")):
+        answer, _ = client.predict(handle_file(str(path)), *settings(), api_name="/caption")
+        assert answer.startswith(app.WARNING) and phrase in answer, answer
+    answer, _ = client.predict(handle_file(str(gray)), "", *settings(), api_name="/answer")
+    assert answer.startswith(app.WARNING) and "type a question" in answer
+    answer, status = client.predict(handle_file(str(gray)), "Where is it?", *settings(), api_name="/answer")
+    assert not answer.startswith(app.WARNING) and "grayscale" in status
+    answer, _ = client.predict(None, "Where is it?", *settings(), api_name="/answer")
+    assert answer.startswith(app.WARNING) and "upload an image" in answer
+
+
+
+def test_server_refuses_big_uploads_and_foreign_paths(server, tmp_path):
+    """Uploads over MAX_FILE_SIZE get 413; a file path that was never uploaded never reaches the handler."""
+    import httpx
+
+    url, demo_model = server
+    too_big = b"\0" * (11 * 1024 * 1024)  # over MAX_FILE_SIZE (10 MB)
+    response = httpx.post(url + "gradio_api/upload", files={"files": ("big.png", too_big, "image/png")}, timeout=30)
+    assert response.status_code == 413
+    secret = tmp_path / "server_side.png"
+    Image.new("RGB", (8, 8)).save(secret)
+    requests_before = demo_model.stats["requests"]
+    payload = {"data": [{"path": str(secret), "meta": {"_type": "gradio.FileData"}}, *settings()]}
+    event = httpx.post(url + "gradio_api/call/caption", json=payload, timeout=30).json()["event_id"]
+    stream = httpx.get(url + f"gradio_api/call/caption/{event}", timeout=30).text
+    assert "event: error" in stream
+    assert demo_model.stats["requests"] == requests_before
+
+
+# ------------------------------------------------------------------------------------------------ 4. load
+
+
+def test_load_twenty_concurrent_requests_are_queued(app, server, client, checkpoint, scene_png):
+    from gradio_client import handle_file
+
+    _, demo_model = server
+    _, model, processor = checkpoint
+    image = Image.open(scene_png).convert("RGB")
+    questions = [f"How many shapes are there? ({index})" for index in range(10)]
+    expected_caption = direct_answer(model, processor, image, "Describe the image.", 8)
+    expected = {question: direct_answer(model, processor, image, question, 8) for question in questions}
+    for key in ("active", "peak_active", "generating", "peak_generating"):
+        demo_model.stats[key] = 0
+
+    start = time.perf_counter()
+    jobs = []
+    for index in range(20):
+        if index % 2:
+            jobs.append((expected_caption, client.submit(handle_file(str(scene_png)), *settings(max_new_tokens=8),
+                                                         api_name="/caption")))
+        else:
+            question = questions[index // 2]
+            jobs.append((expected[question], client.submit(handle_file(str(scene_png)), question,
+                                                           *settings(max_new_tokens=8), api_name="/answer")))
+    for want, job in jobs:
+        answer, status = job.result(timeout=120)
+        assert answer == want and "new tokens" in status
+    elapsed = time.perf_counter() - start
+
+    assert elapsed < 90, f"20 requests took {elapsed:.1f} s"
+    assert 1 <= demo_model.stats["peak_active"] <= app.CONCURRENCY_LIMIT, demo_model.stats
+    assert demo_model.stats["peak_generating"] == 1, demo_model.stats
+    assert demo_model.stats["active"] == demo_model.stats["generating"] == 0
+
+
+# ------------------------------------------------------------------------------------------------ 5. no checkpoint
+
+
+def test_without_checkpoint_the_app_starts_and_explains(app, tmp_path, monkeypatch):
+    from gradio_client import Client
+
+    monkeypatch.delenv(app.CHECKPOINT_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(app, "REPO_ROOT", tmp_path)  # no outputs/quickstart/adapter anywhere
+    demo_model = app.DemoModel.load()
+    assert not demo_model.ready and demo_model.checkpoint is None
+    demo = app.build_demo(demo_model, examples=False)
+    _, url, _ = app.launch_demo(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        config = urllib.request.urlopen(url + "config", timeout=30).read().decode()
+        assert "bash scripts/quickstart.sh" in config and app.CHECKPOINT_ENV in config
+        answer, status = Client(url, verbose=False).predict(None, *settings(), api_name="/caption")
+        assert answer.startswith(app.WARNING) and "scripts/quickstart.sh" in answer and app.CHECKPOINT_ENV in answer
+    finally:
+        demo.close()
+
+
+def test_launch_command_with_a_missing_checkpoint(tmp_path):
+    """`python spaces_demo/app.py --port N` as documented, pointed at a folder that does not exist."""
+    port = free_port()
+    env = {**os.environ, "HF_VADAPTER_CHECKPOINT": str(tmp_path / "missing"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = tmp_path / "app.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen([sys.executable, str(APP_PATH), "--port", str(port)], cwd=tmp_path, env=env,
+                                   stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        deadline, config = time.monotonic() + 120, None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                config = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5).read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert config is not None, f"no page in 120 s:\n{log.read_text()[-3000:]}"
+        assert "does not exist" in config and "bash scripts/quickstart.sh" in config
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+# ------------------------------------------------------------------------------------------------ info, experts
+
+
+def test_info_panel_and_checkpoint_resolution(app, server, checkpoint, monkeypatch):
+    folder, model, _ = checkpoint
+    _, demo_model = server
+    info = demo_model.info_markdown()
+    trainable, total = model.get_nb_trainable_parameters()
+    assert f"{trainable:,d} of {total:,d}" in info and "`mlp_projector`" in info
+    assert model.config.vision_model_name_or_path in info and model.config.text_model_name_or_path in info
+    assert "metrics.json" in info and "50.0%" in info and "25.0%" in info and "0.125" in info
+    assert not demo_model.uses_expert_context
+
+    monkeypatch.setenv(app.CHECKPOINT_ENV, str(folder))
+    assert app.resolve_checkpoint() == (str(folder), app.CHECKPOINT_ENV)
+    assert app.resolve_checkpoint("other") == ("other", "--checkpoint")
+    monkeypatch.delenv(app.CHECKPOINT_ENV)
+    monkeypatch.setattr(app, "REPO_ROOT", folder.parent)
+    monkeypatch.chdir(folder.parent)
+    assert app.resolve_checkpoint() == (None, "default")
+
+
+def test_llama_adapter_v2_expert_context(app, tiny_bases, tmp_path):
+    tower_path, lm_path = tiny_bases("vit", "llama")
+    model, processor = build_model(tower_path, lm_path, hf_vadapter.LlamaAdapterV2Config(), seed=1)
+    model.eval()
+    model.save_adapter(tmp_path / "v2", processor=processor)
+    demo_model = app.DemoModel.load(str(tmp_path / "v2"))
+    assert demo_model.uses_expert_context
+    image = random_image(7)
+    context = "a red circle on the left"
+    answer, _ = final(demo_model.answer(image, "What color is the circle?", *settings(context=context)))
+    prompt = f"Context: {context}\nWhat color is the circle?"
+    assert answer == direct_answer(model, processor, image, prompt)
+    components = app.build_demo(demo_model, examples=False).get_config_file()["components"]
+    box = [c for c in components if c.get("props", {}).get("elem_id") == "expert-context"]
+    assert len(box) == 1 and box[0]["props"]["visible"] is True

@@ -246,7 +246,7 @@ def test_browser_upload_ask_and_screenshot(app, server, checkpoint, scene_png, t
         pytest.skip("Debian's chromium is not installed (apt-get install chromium; scripts/test.sh does it as root)")
     url, _ = server
     _, model, processor = checkpoint
-    question = "What color is the circle?"
+    question = "What color is the star?"  # the scene holds a triangle, a star and a square
     image = Image.open(scene_png).convert("RGB")
     expected = direct_answer(model, processor, image, question, app.DEFAULT_MAX_NEW_TOKENS)  # the page's defaults
 

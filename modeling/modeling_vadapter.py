@@ -480,7 +480,11 @@ def _resolve(name_or_path, filename: str, revision: Optional[str], hub_kwargs: D
     return resolved
 
 
-def _has_file(name_or_path, filename: str, revision: Optional[str], hub_kwargs: Dict[str, Any]) -> bool:
+def has_checkpoint_file(
+    name_or_path, filename: str, revision: Optional[str] = None, hub_kwargs: Optional[Dict[str, Any]] = None
+) -> bool:
+    """Whether a local folder or Hub repo holds `filename` (missing files and unreachable Hubs answer False)."""
+    hub_kwargs = hub_kwargs or {}
     if os.path.isdir(name_or_path):
         return os.path.isfile(os.path.join(name_or_path, filename))
     return (
@@ -497,9 +501,9 @@ def _has_file(name_or_path, filename: str, revision: Optional[str], hub_kwargs: 
 
 
 def _is_adapter_only(name_or_path, revision: Optional[str], hub_kwargs: Dict[str, Any]) -> bool:
-    if not _has_file(name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs):
+    if not has_checkpoint_file(name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs):
         return False
-    return not any(_has_file(name_or_path, name, revision, hub_kwargs) for name in FULL_WEIGHTS_NAMES)
+    return not any(has_checkpoint_file(name_or_path, name, revision, hub_kwargs) for name in FULL_WEIGHTS_NAMES)
 
 
 def _check_same_bases(saved: VisionAdapterConfig, loaded: VisionAdapterConfig) -> None:

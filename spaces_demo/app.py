@@ -38,7 +38,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from hf_vadapter import VisionAdapterError, VisionAdapterProcessor
+from hf_vadapter import VisionAdapterError
 from hf_vadapter.experts import DEFAULT_TEMPLATE, add_expert_context
 from hf_vadapter.modeling.processing_vadapter import MAX_IMAGE_PIXELS, to_rgb
 
@@ -128,13 +128,7 @@ def load_model(checkpoint: Optional[str], device: Optional[str] = None):
     """(model, processor) for a local folder or a Hub repo id; the processor saved with it when there is one."""
     from hf_vadapter.evaluation.runner import load_for_evaluation
 
-    model, processor = load_for_evaluation(checkpoint, device=device)
-    if not os.path.isdir(checkpoint):  # load_for_evaluation only looks for a saved processor in local folders
-        try:
-            processor = VisionAdapterProcessor.from_pretrained(checkpoint)
-        except (OSError, ValueError, VisionAdapterError):
-            pass
-    return model, processor
+    return load_for_evaluation(checkpoint, device=device)
 
 
 def find_metrics(checkpoint: Optional[str]) -> Optional[Tuple[str, Dict[str, Any]]]:

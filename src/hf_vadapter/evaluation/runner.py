@@ -15,7 +15,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from ..modeling.modeling_vadapter import VisionAdapterForCausalLM
+from ..modeling.modeling_vadapter import VisionAdapterForCausalLM, has_checkpoint_file
 from ..modeling.processing_vadapter import VisionAdapterProcessor
 from .generation import generate_predictions
 from .scoring import score_predictions, scored_rows
@@ -50,7 +50,7 @@ def load_for_evaluation(
     if device:
         model.to(device)
     model.eval()
-    if os.path.isfile(os.path.join(checkpoint, "processor_config.json")) and not (
+    if has_checkpoint_file(checkpoint, "processor_config.json") and not (
         vision_model_name_or_path or text_model_name_or_path
     ):
         processor = VisionAdapterProcessor.from_pretrained(checkpoint)

@@ -18,19 +18,8 @@ import torch
 from transformers import LlamaConfig, ViTConfig
 
 from hf_vadapter import EPALMConfig, MLPProjectorConfig, VisionAdapterConfig, VisionAdapterForCausalLM
+from hf_vadapter.diagnostics import autograd_graph_size
 from hf_vadapter.modeling.lm_anatomy import get_lm_anatomy
-
-
-def graph_size(tensor: torch.Tensor) -> int:
-    """Autograd nodes reachable from `tensor`: each runs once in its backward pass."""
-    seen, stack = set(), [tensor.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return len(seen)
 
 
 def build(adapter_config, args) -> VisionAdapterForCausalLM:
@@ -99,7 +88,7 @@ class Variant:
         loss = self.model(**self.batch).loss
         for handle in handles:
             handle.remove()
-        self.nodes, self.layers_in_graph = graph_size(loss), sum(in_graph)
+        self.nodes, self.layers_in_graph = autograd_graph_size(loss), sum(in_graph)
         loss.backward()  # warm-up
 
     def measure_once(self) -> None:

@@ -18,6 +18,7 @@ from transformers.pytorch_utils import Conv1D
 
 import hf_vadapter
 from conftest import build_model, random_image, run_without_hf_vadapter
+from hf_vadapter.diagnostics import autograd_graph_size
 from hf_vadapter.modeling.lm_anatomy import SUPPORTED_MODEL_TYPES, get_lm_anatomy
 
 TRAINED_LMS = ["gpt2", "llama", "opt"]
@@ -86,18 +87,6 @@ def _layer_outputs(model):
     return outputs, handles
 
 
-def _graph_size(tensor: torch.Tensor) -> int:
-    """Autograd nodes the backward pass from `tensor` will run."""
-    seen, stack = set(), [tensor.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return len(seen)
-
-
 def _expected_trainable(config: hf_vadapter.EPALMConfig, tower_width: int, lm_width: int) -> int:
     levels = 1 if config.shared_projection else len(config.feature_layers)
     count = levels * (tower_width * lm_width + lm_width)
@@ -161,7 +150,7 @@ def test_no_backward_work_below_injection_layer(bases):
     loss = model(**batch).loss
     # Autograd records nothing for a layer whose output does not require grad: no backward work is possible there.
     assert [outputs[i].requires_grad for i in range(LM_LAYERS)] == [i >= injection_layer for i in range(LM_LAYERS)]
-    nodes = _graph_size(loss)
+    nodes = autograd_graph_size(loss)
     loss.backward()
     assert all(p.grad is None for p in model.language_model.parameters())
     assert all(p.grad is not None for p in model.adapter.parameters())
@@ -172,7 +161,7 @@ def test_no_backward_work_below_injection_layer(bases):
     outputs_input, handles_input = _layer_outputs(model_input)
     loss_input = model_input(**batch).loss
     assert all(outputs_input[i].requires_grad for i in range(LM_LAYERS))
-    assert _graph_size(loss_input) > 1.5 * nodes
+    assert autograd_graph_size(loss_input) > 1.5 * nodes
     for handle in handles + handles_input:
         handle.remove()
 

@@ -35,6 +35,8 @@ from .vision_features import VisionGeometry, check_pixel_values, select_features
 FULL_WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json")
 # The Auto classes a saved folder maps to this model's code.
 AUTO_MAP_MODEL_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText")
+# Loading keywords that concern where files come from, passed on to every Hub/folder lookup.
+HUB_KWARG_NAMES = ("cache_dir", "token", "local_files_only", "force_download")
 
 
 @dataclass
@@ -420,7 +422,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
 
         Pass `vision_model_name_or_path` / `text_model_name_or_path` to use other copies of the same bases.
         """
-        hub_kwargs = {k: kwargs.pop(k) for k in ("cache_dir", "token", "local_files_only", "force_download") if k in kwargs}
+        hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARG_NAMES if k in kwargs}
         config_file = _resolve(adapter_name_or_path, "config.json", revision, hub_kwargs)
         weights_file = _resolve(adapter_name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs)
         config = VisionAdapterConfig.from_json_file(config_file)
@@ -452,7 +454,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a full checkpoint, or an adapter-only one (then the bases are fetched by their recorded ids)."""
         revision = kwargs.get("revision")
-        hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only") if k in kwargs}
+        hub_kwargs = _hub_only(kwargs)
         if _is_adapter_only(pretrained_model_name_or_path, revision, hub_kwargs):
             loader_kwargs = {k: kwargs[k] for k in ("dtype", "attn_implementation", *hub_kwargs) if k in kwargs}
             return cls.from_adapter_pretrained(pretrained_model_name_or_path, revision=revision, **loader_kwargs)
@@ -467,7 +469,7 @@ def load_vision_tower(name_or_path: str, revision: Optional[str] = None, **kwarg
 
 
 def _hub_only(kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in kwargs.items() if k in ("cache_dir", "token", "local_files_only", "force_download")}
+    return {k: kwargs[k] for k in HUB_KWARG_NAMES if k in kwargs}
 
 
 def _resolve(name_or_path, filename: str, revision: Optional[str], hub_kwargs: Dict[str, Any]) -> str:

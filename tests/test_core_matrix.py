@@ -143,3 +143,23 @@ def test_bf16_language_model_is_refused_for_in_layer_adapters(tiny_bases):
     model, _ = build_model(*tiny_bases("vit", "llama"), hf_vadapter.EPALMConfig(feature_layers=[-2, -1]))
     with pytest.raises(hf_vadapter.AdapterConfigError, match="prefix adapters"):
         model.cast_language_model(torch.bfloat16)
+
+
+def test_two_tower_checkpoint_gives_its_vision_half(tmp_path):
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionModel
+
+    from hf_vadapter.modeling.modeling_vadapter import load_vision_tower
+
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=99, eos_token_id=2, **sizes), vision_config=dict(image_size=32, patch_size=8, **sizes)
+    )
+    two_towers = CLIPModel(config)
+    two_towers.save_pretrained(tmp_path)
+    tower = load_vision_tower(str(tmp_path))
+    assert isinstance(tower, CLIPVisionModel)
+    both = two_towers.state_dict()
+    loaded = tower.state_dict()
+    assert loaded and all(name.startswith("vision_model.") for name in loaded)
+    for name, value in loaded.items():
+        assert torch.equal(value, both[name]), name

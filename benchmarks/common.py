@@ -1,0 +1,93 @@
+"""Shared pieces of the real-backbone benchmarks: the packaged pair, a short VQA-style batch, and a median timer.
+
+The backbones are the packaged DINOv2-small and SmolLM2-135M-Instruct, converted once and cached by
+`convert_dinov2()` / `convert_smollm2()` (no Hub access). Step timings use `epalm_backward.clock` (process CPU time on
+CPU: the work done, robust to other load); generation uses wall time, since tokens/s is a wall-clock rate.
+"""
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from typing import Callable, Dict, List
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from epalm_backward import clock  # noqa: E402  (one timer for every benchmark)
+
+from hf_vadapter import EPALMConfig, MLPProjectorConfig, PerceiverResamplerConfig, VisionAdapterForCausalLM
+
+PROMPT = "Question: what colour is the square? Answer:"
+ANSWER = " red"
+
+
+def adapter_configs(image_size: int = 126) -> Dict[str, object]:
+    """The adapters compared: the quickstart default, a small perceiver resampler, and eP-ALM's default.
+
+    The MLP projector pools 3x3 on the default 126 px (9x9 patches -> 9 tokens); 3 does not divide the 16x16 grid of
+    224 px, so there it pools 4x4 (16 tokens)."""
+    return {
+        "mlp_projector": MLPProjectorConfig(feature_layers=[3, 6, 9], pool_size=3 if image_size == 126 else 4),
+        "perceiver_small": PerceiverResamplerConfig(depth=2, num_latents=32, hidden_size=384, num_heads=6),
+        "epalm": EPALMConfig(),
+    }
+
+
+def backbone_paths():
+    from hf_vadapter.conversion.dinov2_onnx import convert_dinov2
+    from hf_vadapter.conversion.smollm2_gguf import convert_smollm2
+
+    return str(convert_dinov2()), str(convert_smollm2())
+
+
+def build(adapter: str, image_size: int) -> VisionAdapterForCausalLM:
+    vision, text = backbone_paths()
+    torch.manual_seed(0)
+    model = VisionAdapterForCausalLM.from_vision_text_pretrained(
+        vision, text, adapter_configs(image_size)[adapter], image_size=image_size
+    )
+    return model.train()
+
+
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(backbone_paths()[1])
+
+
+def make_batch(model: VisionAdapterForCausalLM, batch: int, with_answer: bool = True) -> Dict[str, torch.Tensor]:
+    """Placeholders + a short prompt (+ a one-word answer, the only supervised tokens); random pixels."""
+    tok = tokenizer()
+    prompt = tok(PROMPT, add_special_tokens=False).input_ids
+    answer = tok(ANSWER, add_special_tokens=False).input_ids if with_answer else []
+    ids = [model.config.image_token_id] * model.config.num_image_tokens + prompt + answer
+    input_ids = torch.tensor([ids] * batch)
+    labels = torch.full_like(input_ids, -100)
+    if answer:
+        labels[:, -len(answer) :] = input_ids[:, -len(answer) :]
+    size = model.config.image_size
+    pixel_values = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels, pixel_values=pixel_values)
+
+
+def median_time(fn: Callable[[], object], repeats: int, timer: Callable[[], float] = None) -> float:
+    """Median of `repeats` timed calls after one untimed warm-up."""
+    timer = timer or (lambda: clock("cpu"))
+    fn()
+    times: List[float] = []
+    for _ in range(repeats):
+        start = timer()
+        fn()
+        times.append(timer() - start)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        name = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
+    except Exception:  # noqa: BLE001 - description only
+        name = platform.processor()
+    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"

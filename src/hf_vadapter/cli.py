@@ -258,12 +258,17 @@ def generate_command(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--do-sample", action="store_true", help="Sample instead of greedy/beam decoding.")
 
     def run(args: argparse.Namespace) -> int:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
         from .evaluation.runner import load_for_evaluation
+        from .modeling.errors import InvalidImageError
 
+        try:
+            image = Image.open(args.image)
+        except (OSError, UnidentifiedImageError) as error:
+            raise InvalidImageError(f"Cannot read the image {args.image!r}: {error}") from error
         model, processor = load_for_evaluation(args.checkpoint)
-        inputs = processor(images=[Image.open(args.image)], text=[args.prompt])
+        inputs = processor(images=[image], text=[args.prompt])
         output = model.generate(
             **inputs, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.do_sample
         )

@@ -106,9 +106,8 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, quick: bool = False, se
         report_to="none",
         dataloader_num_workers=0,
     )
-    run = run_training(model_args, data_args, training_args)
+    run = run_training(model_args, data_args, training_args)  # saves the adapter and processor into output/adapter
     model, processor = run.trainer.model, run.trainer.processing_class
-    model.save_adapter(output / "adapter", processor=processor)
     timings["train_s"] = time.perf_counter() - start
 
     start = _stage(3, "Evaluating on the test split and on held-out colour-shape combinations")

@@ -106,5 +106,5 @@ def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[D
         "",
     ]
     path = output_dir / "report.md"
-    path.write_text("\n".join(line for line in lines) + "\n")
+    path.write_text("\n".join(lines) + "\n")
     return path

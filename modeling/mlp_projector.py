@@ -20,8 +20,11 @@ class MLPProjectorConfig(AdapterConfig):
     Args:
         num_layers: 1 (a linear layer) or 2 (linear, activation, linear, as in LLaVA-1.5).
         hidden_act: activation between the two layers.
-        pool_size: average-pool the patch grid by this factor per side before projecting (1 keeps every patch);
-            pooling 2 turns 16x16 patches into 64 visual tokens.
+        pool_size: merge `pool_size x pool_size` neighbouring patches into one visual token before projecting
+            (1 keeps every patch); pooling 2 turns 16x16 patches into 64 visual tokens.
+        pool_mode: how merged patches become one token. "mean" averages them; "concat" stacks their channels
+            (space-to-depth, the "pixel shuffle" of Idefics3), so a small object covering one patch of the cell
+            is not diluted by the background around it, at the cost of a `pool_size**2` times wider first layer.
         input_norm: LayerNorm each layer's features before concatenating them. Hidden states of a tower's early
             and late layers differ in scale by an order of magnitude (DINOv2-small: std 0.05 at layer 3, 2.2 at
             layer 12), so without it the projector starts out nearly blind to the early layers.
@@ -35,6 +38,7 @@ class MLPProjectorConfig(AdapterConfig):
     hidden_act: str = "gelu"
     pool_size: int = 1
     input_norm: bool = True
+    pool_mode: str = "mean"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -42,6 +46,8 @@ class MLPProjectorConfig(AdapterConfig):
             raise AdapterConfigError(f"MLPProjectorConfig.num_layers must be 1 or 2, got {self.num_layers}.")
         if self.pool_size < 1:
             raise AdapterConfigError(f"MLPProjectorConfig.pool_size must be >= 1, got {self.pool_size}.")
+        if self.pool_mode not in ("mean", "concat"):
+            raise AdapterConfigError(f"MLPProjectorConfig.pool_mode must be 'mean' or 'concat', got {self.pool_mode!r}.")
 
 
 class MLPProjector(VisionAdapter):
@@ -60,6 +66,8 @@ class MLPProjector(VisionAdapter):
             )
         self.input_norm = nn.LayerNorm(geometry.hidden_size) if config.input_norm else nn.Identity()
         in_features = geometry.hidden_size * len(config.feature_layers)
+        if config.pool_mode == "concat":
+            in_features *= config.pool_size**2
         layers = [nn.Linear(in_features, text_config.hidden_size)]
         if config.num_layers == 2:
             layers += [ACT2FN[config.hidden_act], nn.Linear(text_config.hidden_size, text_config.hidden_size)]
@@ -72,9 +80,13 @@ class MLPProjector(VisionAdapter):
     def _pool(self, features: torch.Tensor) -> torch.Tensor:
         # features: [N, S, C] with S = grid * grid patch tokens
         n, _, c = features.shape
-        grid = self.geometry.grid_size
+        grid, pool = self.geometry.grid_size, self.config.pool_size
+        if self.config.pool_mode == "concat":
+            cells = grid // pool
+            features = features.reshape(n, cells, pool, cells, pool, c).permute(0, 1, 3, 2, 4, 5)
+            return features.reshape(n, cells * cells, pool * pool * c)  # [N, g*g, p*p*C]
         features = features.transpose(1, 2).reshape(n, c, grid, grid)
-        features = nn.functional.avg_pool2d(features, self.config.pool_size)  # [N, C, g, g]
+        features = nn.functional.avg_pool2d(features, pool)  # [N, C, g, g]
         return features.flatten(2).transpose(1, 2)  # [N, g*g, C]
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:

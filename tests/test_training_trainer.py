@@ -9,9 +9,11 @@ import pytest
 import torch
 from transformers import EarlyStoppingCallback, TrainerCallback
 
+from hf_vadapter.data.synthetic import build_synthetic_dataset
 from hf_vadapter.modeling.adapter_config import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from hf_vadapter.training import build_model_and_processor, run_training
 from hf_vadapter.training.callbacks import CSV_NAME, CURVE_NAME
+from hf_vadapter.training.collator import VisionAdapterCollator
 from test_training_helpers import adapter_file, adapter_tensors, arguments, bases, max_abs_diff  # noqa: F401
 
 
@@ -184,3 +186,35 @@ def test_a_save_killed_midway_leaves_no_checkpoint(bases, tmp_path, monkeypatch)
     resumed = run_training(*arguments(bases, tmp_path / "run", save_strategy="steps", save_steps=2), resume_from_checkpoint=True)
     assert resumed.trainer.state.global_step == 4
     assert sorted(name for name in os.listdir(tmp_path / "run") if "checkpoint-" in name) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_token_lengths_are_the_collated_lengths(bases, tmp_path):
+    model, processor = build_model_and_processor(arguments(bases, tmp_path)[0])
+    rows = build_synthetic_dataset("train", 2, image_size=32, seed=0)
+    collator = VisionAdapterCollator(processor, max_length=128)
+    collated = [int(collator([row])["attention_mask"].sum()) for row in rows]
+    assert collator.token_lengths(rows, chunk_size=5) == collated
+    assert len(set(collated)) > 2  # captions and the question types really differ in length
+
+
+def test_group_by_length_batches_rows_of_similar_length(bases, tmp_path):
+    run = run_training(
+        *arguments(
+            bases,
+            tmp_path / "run",
+            num_train_images=20,  # 120 rows: the sampler sorts within mega-batches of 7 batches
+            train_sampling_strategy="group_by_length",
+            use_feature_cache=True,
+            feature_cache_dir=str(tmp_path / "cache"),
+        )
+    )
+    lengths = run.trainer.train_dataset["length"]
+    batches = list(run.trainer.get_train_dataloader().batch_sampler)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+
+    def mean_spread(batches) -> float:
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+
+    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
+    random_batches = [shuffled[start : start + 4] for start in range(0, len(shuffled), 4)]
+    assert mean_spread(batches) < 0.5 * mean_spread(random_batches)

@@ -9,6 +9,7 @@ without images also gets `has_image` [B] (bool), which the trainer pops before t
 
 from typing import Any, Dict, List, Optional, Sequence
 
+import datasets
 import torch
 
 from .feature_cache import HASH_COLUMN, FeatureStore, decode_image
@@ -18,6 +19,14 @@ def has_image(row: Dict[str, Any]) -> bool:
     if row.get(HASH_COLUMN) is not None:
         return bool(row[HASH_COLUMN])
     return row.get("image") is not None
+
+
+def image_flags(dataset: datasets.Dataset) -> List[bool]:
+    """Whether each row has an image, read without decoding any image."""
+    if HASH_COLUMN in dataset.column_names:
+        return [bool(digest) for digest in dataset[HASH_COLUMN]]
+    images = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+    return [image is not None for image in images["image"]]
 
 
 class VisionAdapterCollator:
@@ -67,3 +76,18 @@ class VisionAdapterCollator:
             # Rows with and without images: adapters with disjoint parameter groups run the two kinds separately.
             batch["has_image"] = torch.tensor(with_image, dtype=torch.bool)
         return batch
+
+    def token_lengths(self, dataset: datasets.Dataset, chunk_size: int = 1024) -> List[int]:
+        """Each row's token count as `__call__` builds it (placeholders expanded), for `group_by_length` batching."""
+        texts = dataset.select_columns(["prompt", "target"] if self.with_targets else ["prompt"])
+        flags = image_flags(dataset)
+        lengths: List[int] = []
+        for start in range(0, len(texts), chunk_size):
+            rows = texts[start : start + chunk_size]  # {column: [values]}
+            prompts = [
+                self.prompt({"prompt": prompt, HASH_COLUMN: flag})
+                for prompt, flag in zip(rows["prompt"], flags[start : start + chunk_size])
+            ]
+            batch = self.processor(text=prompts, text_target=rows.get("target"), max_length=self.max_length)
+            lengths.extend(batch["attention_mask"].sum(dim=1).tolist())
+        return lengths

@@ -110,6 +110,10 @@ def run_training(
             cache.store.refresh()
         store = cache.store
     collator = VisionAdapterCollator(processor, max_length=data_args.max_length, feature_store=store)
+    length_column = training_args.length_column_name
+    if training_args.train_sampling_strategy == "group_by_length" and length_column not in train_dataset.column_names:
+        # Batches of similar lengths: random batches of short answers and long captions are ~40% padding.
+        train_dataset = train_dataset.add_column(length_column, collator.token_lengths(train_dataset))
     trainer = VisionAdapterTrainer(
         model=model,
         args=training_args,

@@ -20,7 +20,6 @@ import os
 import shutil
 from typing import Optional
 
-import datasets
 import torch
 from accelerate.utils import gather_object
 from transformers import Trainer
@@ -36,6 +35,7 @@ from .checkpointing import (
     save_adapter_files,
     staging_name,
 )
+from .collator import image_flags
 from .joint import ModalityGroupedSampler, batch_modality, drop_other_group_grads, modality_parameter_groups
 
 try:  # the mixed-batch split of LLaMA-Adapter V2's joint training
@@ -163,11 +163,7 @@ class VisionAdapterTrainer(Trainer):
             grouped = self.modality_groups is not None
         if not grouped or dataset is None or not hasattr(dataset, "column_names"):
             return super()._get_train_sampler(train_dataset)
-        if "image_hash" in dataset.column_names:
-            flags = [bool(digest) for digest in dataset["image_hash"]]
-        else:  # read the image column undecoded: only whether a row has an image matters
-            images = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
-            flags = [image is not None for image in images["image"]]
+        flags = image_flags(dataset)
         if all(flags) or not any(flags):
             return super()._get_train_sampler(train_dataset)
         group = self.args.per_device_train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps

@@ -5,12 +5,14 @@ The backbones are the packaged DINOv2-small and SmolLM2-135M-Instruct, converted
 CPU: the work done, robust to other load); generation uses wall time, since tokens/s is a wall-clock rate.
 """
 
+import contextlib
+import io
 import os
 import platform
 import statistics
 import subprocess
 import sys
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterator, List
 
 import torch
 
@@ -91,3 +93,26 @@ def machine() -> str:
     except Exception:  # noqa: BLE001 - description only
         name = platform.processor()
     return f"{name}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+class _Tee(io.StringIO):
+    """A copy of everything written, passed on to `stream` as it comes."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+@contextlib.contextmanager
+def tee_stdout() -> Iterator[io.StringIO]:
+    """Print as usual and keep a copy: `with tee_stdout() as copy: ...; copy.getvalue()`."""
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        yield tee

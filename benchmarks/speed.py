@@ -21,11 +21,12 @@ import os
 import subprocess
 import sys
 import time
+from typing import List, Optional
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import adapter_configs, build, machine, make_batch, median_time  # noqa: E402
+from common import adapter_configs, build, machine, make_batch, median_time, tee_stdout  # noqa: E402
 
 SIZES = (224, 126)
 
@@ -180,21 +181,26 @@ BENCHES = dict(step=bench_step, logits=bench_logits, cache=bench_cache, generate
                memory=bench_memory, params=bench_params)
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> str:
+    """Run the chosen benchmarks, print their tables, and return what was printed as a markdown code block."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=list(BENCHES), default=list(BENCHES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--_memory", nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args._memory:
         adapter, mode, size, batch = args._memory
-        return _memory_child(adapter, mode, int(size), int(batch))
+        _memory_child(adapter, mode, int(size), int(batch))
+        return ""
     torch.set_num_threads(args.threads)
-    print(f"machine: {machine()}; command: python {' '.join(sys.argv)}")
-    for name in args.only:
-        BENCHES[name](args)
+    with tee_stdout() as printed:
+        print(f"machine: {machine()}; command: python benchmarks/speed.py {' '.join(argv)}")
+        for name in args.only:
+            BENCHES[name](args)
+    return f"```\n{printed.getvalue().strip()}\n```"
 
 
 if __name__ == "__main__":

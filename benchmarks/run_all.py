@@ -1,0 +1,129 @@
+"""The single entry point of the benchmarks: run them all and regenerate BENCHMARKS.md from their output.
+
+    python benchmarks/run_all.py            # everything (about an hour on 2 CPU cores); writes BENCHMARKS.md
+    python benchmarks/run_all.py --quick    # a smoke pass (few repeats and steps); prints, writes nothing by default
+
+Each benchmark's `main(argv) -> str` prints its tables as it goes and returns its markdown. The explanations that do
+not depend on one run's numbers are fixed text here, so regenerating BENCHMARKS.md keeps them.
+"""
+
+import argparse
+import importlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import transformers
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine  # noqa: E402
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+REPO = BENCHMARKS_DIR.parent
+
+SPEED_INTRO = """\
+Real backbones, packaged and converted locally (no Hub access): DINOv2-small (`convert_dinov2()`) and
+SmolLM2-135M-Instruct (`convert_smollm2()`), fp32, batch 8, a short prompt ("Question: what colour is the square?
+Answer:") with a one-word supervised answer. Adapters: MLP projector (quickstart default: feature_layers [3, 6, 9],
+pool 3x3 at 126 px = 9 tokens; pool 4x4 at 224 px = 16 tokens, since 3 does not divide 16x16), a small perceiver
+resampler (depth 2, 32 latents, hidden 384), eP-ALM default.
+
+Every ratio is between timings from the one run below, the median of the repetitions after one warm-up. Step timings
+are process CPU time (`epalm_backward.clock`); generation is wall time. These are timings, not tests: on a shared
+machine, CPU time limits but does not remove the noise of other load.
+
+Targets: a prefix adapter's train step <= 1.10x its floor; eP-ALM's step below the MLP-prefix floor; generation >= 0.95x
+the bare LM's tokens/s."""
+
+SPEED_NOTES = """\
+How to read the tables:
+
+- **step**: floor = frozen tower forward (no grad) + frozen LM forward and backward w.r.t. `inputs_embeds` only (LM
+  params frozen), same sequence length and same supervised-position loss, per adapter. eP-ALM's step can come out
+  below its own floor: its backward stops at layer L (no backward work below it, its soft prompt enters at layer L by
+  default), while the floor backpropagates to the inputs. The paper's input placement would put every layer back into
+  the backward pass (`docs/epalm.md`, "Backward work below L" and "What the placement costs in quality").
+- **logits**: the LM head at the supervised positions only, against full [B, S, 49152] logits + cross-entropy. The
+  sequence is short here (the full head has only B x S rows), so the saving grows with text length.
+- **cache**: a step from cached tower features skips the tower's forward pass; the saving grows with the image size.
+- **generate**: the bare LM generates from a text prompt of the same total length (visual tokens counted as text
+  tokens). The model's time includes the tower forward on the prompt's image; the bare LM has none.
+- **memory**: "infer" is a no-grad forward of the same model on the same batch (frozen tower + adapter + LM), "train"
+  one training step; both include the ~1 GB of loaded weights. eP-ALM keeps activations only for layers >= L, hence
+  the smallest training overhead.
+- **params**: on this pair. Real-size counts (published configs, meta device) are in
+  [README.md](README.md#the-adapters-with-the-real-size-counts): eP-ALM 24,949,760 (0.90%) on ViT-B/16 + OPT-2.7B,
+  PaLM2-VAdapter 115,261,056 (6.58%), LLaMA-Adapter V2 8,504,288.
+
+Not benchmarked: a bf16 LM (`cast_language_model(torch.bfloat16)`, the quickstart's setting); all of it is fp32."""
+
+PAPER_CLAIMS_INTRO = """\
+Each paper's headline ablation, rerun on the built-in synthetic captioning/VQA data at 126 px with the packaged
+backbones: the same rows in the same order, steps, batch, seed and AdamW settings for every arm, training from cached
+tower features. The verdicts are computed from the measured numbers by the script (all checks pass: "reproduced";
+none: "not reproduced"; else "partly reproduced"). This is a small-scale check (about a hundred steps, tens of
+evaluation questions, a 4-layer tiny LM cut from SmolLM2), not the papers' setting; the step times are process CPU
+time on a CPU that other work shared."""
+
+SECTIONS = (
+    # (module, heading, fixed text before, fixed text after, full argv, quick argv)
+    ("speed", "## Speed and memory against the floors", SPEED_INTRO, SPEED_NOTES,
+     ["--only", "step", "logits", "cache", "params", "generate", "memory", "--repeats", "3"],
+     ["--only", "logits", "params", "--repeats", "1"]),
+    ("llava_peer", "## Against transformers' LLaVA", "", "",
+     [],
+     ["--steps", "2", "--train-images", "4", "--test-images", "1", "--heldout-images", "1", "--repeats", "1"]),
+    ("paper_claims", "## The papers' claims, on our data", PAPER_CLAIMS_INTRO, "",
+     [],
+     ["--steps", "2", "--stage1-steps", "2", "--eval-every", "1", "--val-images", "1", "--eval-images", "1"]),
+)
+
+
+def section(module: str, heading: str, before: str, after: str, argv: List[str]) -> str:
+    """One benchmark's section of BENCHMARKS.md, or a note that its script is missing."""
+    command = " ".join(["python", f"benchmarks/{module}.py", *argv])
+    if not (BENCHMARKS_DIR / f"{module}.py").exists():
+        return f"{heading}\n\n`benchmarks/{module}.py` is missing: not run."
+    print(f"\n=== {command}", flush=True)
+    body = importlib.import_module(module).main(argv).strip()
+    if body.startswith("## "):  # the benchmark wrote its own heading
+        heading, body = body.split("\n", 1)
+    parts = [heading, before, f"Command:\n\n    {command}", body.strip(), after]
+    return "\n\n".join(part for part in parts if part)
+
+
+def memory_gib() -> str:
+    with open("/proc/meminfo") as handle:
+        total_kib = int(next(line for line in handle if line.startswith("MemTotal")).split()[1])
+    return f"{total_kib / 2**20:.0f} GiB RAM"
+
+
+def main(argv: Optional[List[str]] = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke pass: few repeats and steps")
+    parser.add_argument("--output", type=Path, help="where to write the markdown (default: BENCHMARKS.md, or "
+                                                    "nothing with --quick)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    output = args.output or (None if args.quick else REPO / "BENCHMARKS.md")
+    header = (f"# Benchmarks\n\nGenerated by `python benchmarks/run_all.py{' --quick' if args.quick else ''}` "
+              "from the outputs below; edit the fixed text in `benchmarks/run_all.py`, not this file.\n\n"
+              f"**Machine:** {machine()} (each benchmark sets its own thread count), {memory_gib()}, "
+              f"transformers {transformers.__version__}.")
+    with tempfile.TemporaryDirectory() as quick_plots:  # a smoke pass leaves the committed plots alone
+        sections = []
+        for module, heading, before, after, full, quick in SECTIONS:
+            extra = ["--out-dir", quick_plots] if module == "paper_claims" else []
+            run_argv = (quick + extra) if args.quick else full
+            sections.append(section(module, heading, before, after, run_argv))
+    markdown = "\n\n".join([header, *sections]) + "\n"
+    if output:
+        output.write_text(markdown)
+        print(f"\nwrote {output}")
+    return markdown
+
+
+if __name__ == "__main__":
+    main()

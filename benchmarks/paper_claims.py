@@ -429,11 +429,9 @@ def table(header: List[str], rows: List[List[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def report(runs: Dict[str, Run], stage1: Optional[Run], args, argv: List[str], plots: Dict[str, Path]) -> str:
+def report(runs: Dict[str, Run], stage1: Optional[Run], args, plots: Dict[str, Path]) -> str:
     questions = args.eval_images * len(QUESTION_TYPES)
     lines = [
-        f"Command: `{' '.join(['python benchmarks/paper_claims.py', *argv])}`",
-        "",
         f"Machine: {machine()}. {args.steps} steps of batch {args.batch} per arm (stage 1: {args.stage1_steps} steps),"
         f" AdamW lr {args.lr:g}, weight decay {args.weight_decay:g}, seed {args.seed}; {args.visual_tokens} visual "
         f"tokens for the resamplers, PaLM2-VAdapter and LLaMA-Adapter V2; tiny LM = the first {args.tiny_layers} "
@@ -480,7 +478,7 @@ def report(runs: Dict[str, Run], stage1: Optional[Run], args, argv: List[str], p
 # ------------------------------------------------------------------------------------------------ main
 
 
-def parse_args(argv: List[str]) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--steps", type=int, default=100)
@@ -502,7 +500,6 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> str:
     """Train every arm, score it, plot each claim and return the markdown report (also printed)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
@@ -526,7 +523,7 @@ def main(argv: Optional[List[str]] = None) -> str:
             runs[arm] = run_arm(arm, tiny_lm, stage1, splits, cache, args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     plots = {claim.key: plot(claim, runs, args.out_dir) for claim in CLAIMS if set(claim.arms) <= set(runs)}
-    markdown = report(runs, stage1_run, args, argv, plots)
+    markdown = report(runs, stage1_run, args, plots)
     print(markdown)
     return markdown
 

@@ -1,6 +1,6 @@
 """The papers' claims, on our data: PaLM2-VAdapter, LLaMA-Adapter V2 and eP-ALM ablations on the synthetic scenes.
 
-    python benchmarks/paper_claims.py                                    # defaults: about 25 minutes on 1 thread
+    python benchmarks/paper_claims.py       # defaults: ~25 min of CPU on 1 thread (43 min wall, shared CPU)
     python benchmarks/paper_claims.py --steps 4 --eval-every 2 --eval-images 2 --stage1-steps 2   # smoke pass
 
 Every arm trains on the same backbones (DINOv2-small + SmolLM2-135M-Instruct, 126 px), the same rows in the same
@@ -33,13 +33,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import backbone_paths, machine  # noqa: E402
+from common import adapter_configs, backbone_paths, machine  # noqa: E402
 from epalm_backward import clock  # noqa: E402
 
 from hf_vadapter import (  # noqa: E402
     EPALMConfig,
     LlamaAdapterV2Config,
-    MLPProjectorConfig,
     PaLM2VAdapterConfig,
     PerceiverResamplerConfig,
     VisionAdapterForCausalLM,
@@ -96,7 +95,7 @@ def adapter_config(arm: str, tiny_lm: str, stage1: Optional[str], tokens: int):
         "palm2_random": lambda: PaLM2VAdapterConfig(tiny_lm_init="random", **palm2),
         "palm2_stage1_6layer": lambda: PaLM2VAdapterConfig.from_stage1(stage1, resampler_depth=6),
         "perceiver": lambda: PerceiverResamplerConfig(depth=6, num_latents=tokens),
-        "mlp_projector": lambda: MLPProjectorConfig(feature_layers=[3, 6, 9], pool_size=3),
+        "mlp_projector": lambda: adapter_configs(IMAGE_SIZE)["mlp_projector"],
         # Our data has images only; disjoint groups would train the early fusion alone and leave the random late
         # gates untrained, so every adapter parameter trains on every batch here.
         "llama_adapter_zero": lambda: LlamaAdapterV2Config(num_visual_tokens=tokens, disjoint_groups=False),

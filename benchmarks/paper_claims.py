@@ -5,12 +5,14 @@
 
 Every arm trains on the same backbones (DINOv2-small + SmolLM2-135M-Instruct, 126 px), the same rows in the same
 order, for the same steps and batch, from the same seed, with the same optimizer: AdamW with the PaLM2-VAdapter
-paper's settings (lr 5e-4, betas 0.9/0.999, weight decay 1e-4, constant), also for LLaMA-Adapter V2 and eP-ALM, so
-that only the adapter differs. Training reads cached tower features (`get_image_features`): only the adapter and the
-LM run per step. Rows: the captions and the five question types of the synthetic train split, one epoch, shuffled
-once with the seed. The validation loss (over every supervised token of a fixed validation set) is taken every
---eval-every steps; at the end each arm answers the questions of a few test and test_heldout images (greedy), scored
-by exact match per question type.
+paper's settings (lr 5e-4, betas 0.9/0.999, weight decay 1e-4, constant lr), also for LLaMA-Adapter V2 and eP-ALM,
+so that only the adapter differs. Every arm (stage 1 too) reaches that lr by a linear warm-up from 0 over
+--warmup-steps steps and clips the gradient norm to --max-grad-norm: without them the PaLM2-VAdapter arms spiked
+early. Training reads cached tower features (`get_image_features`): only the adapter and the LM run per step.
+Rows: the captions and the five question types of the synthetic train split, one epoch, shuffled once with the seed.
+The validation loss (over every supervised token of a fixed validation set) is taken every --eval-every steps; at the
+end each arm answers the questions of a few test and test_heldout images (greedy), scored by exact match per question
+type.
 
 The tiny LM of PaLM2-VAdapter is SmolLM2-135M-Instruct cut to its first --tiny-layers decoder layers (with its
 embeddings and final norm), saved once as a LlamaForCausalLM folder next to the converted SmolLM2: no smaller LM of
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+from transformers import get_constant_schedule_with_warmup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import adapter_configs, backbone_paths, machine  # noqa: E402
@@ -238,6 +241,7 @@ def train(model, processor, arm: str, splits: Dict[str, Split], cache: FeatureCa
     run = Run(arm, trainable, total)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+    scheduler = get_constant_schedule_with_warmup(optimizer, args.warmup_steps)  # linear from 0, then constant
     train_features, val_features = cache.get(model, "train"), cache.get(model, "validation")
     val = [encode(processor, rows, val_features) for rows in by_task(splits["validation"].rows)]
     batches = train_batches(splits["train"].rows, args.batch, args.steps, args.seed)
@@ -251,7 +255,10 @@ def train(model, processor, arm: str, splits: Dict[str, Split], cache: FeatureCa
         start = clock("cpu")
         loss = model(**batch).loss
         loss.backward()
+        if args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         run.step_seconds.append(clock("cpu") - start)
         run.train_loss.append(loss.item())
@@ -430,13 +437,18 @@ def table(header: List[str], rows: List[List[str]]) -> str:
 
 def report(runs: Dict[str, Run], stage1: Optional[Run], args, plots: Dict[str, Path]) -> str:
     questions = args.eval_images * len(QUESTION_TYPES)
+    warmup = (f"linear warm-up from 0 over {args.warmup_steps} steps, then constant" if args.warmup_steps
+              else "constant, no warm-up")
+    clipping = (f"gradient norm clipped to {args.max_grad_norm:g}" if args.max_grad_norm > 0
+                else "no gradient clipping")
     lines = [
         f"Machine: {machine()}. {args.steps} steps of batch {args.batch} per arm (stage 1: {args.stage1_steps} steps),"
-        f" AdamW lr {args.lr:g}, weight decay {args.weight_decay:g}, seed {args.seed}; {args.visual_tokens} visual "
-        f"tokens for the resamplers, PaLM2-VAdapter and LLaMA-Adapter V2; tiny LM = the first {args.tiny_layers} "
-        f"layers of SmolLM2-135M-Instruct. Validation loss on {args.val_images * ROWS_PER_IMAGE} rows every "
-        f"{args.eval_every} steps; VQA exact match on {questions} test and {questions} held-out questions (one "
-        f"question is {100 / questions:.0f} points). Step times are the median process CPU time of a training step.",
+        f" AdamW lr {args.lr:g} ({warmup}), weight decay {args.weight_decay:g}, {clipping}, seed {args.seed}; "
+        f"{args.visual_tokens} visual tokens for the resamplers, PaLM2-VAdapter and LLaMA-Adapter V2; tiny LM = the "
+        f"first {args.tiny_layers} layers of SmolLM2-135M-Instruct. Validation loss on "
+        f"{args.val_images * ROWS_PER_IMAGE} rows every {args.eval_every} steps; VQA exact match on {questions} test "
+        f"and {questions} held-out questions (one question is {100 / questions:.0f} points). Step times "
+        "are the median process CPU time of a training step.",
         "",
     ]
     if stage1:
@@ -486,6 +498,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--warmup-steps", type=int, default=10, help="linear lr warm-up from 0, then constant")
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (0: off)")
     parser.add_argument("--visual-tokens", type=int, default=16)
     parser.add_argument("--tiny-layers", type=int, default=4)
     parser.add_argument("--val-images", type=int, default=4, help="validation images (6 rows each)")

@@ -25,8 +25,6 @@ class MLPProjectorConfig(AdapterConfig):
         pool_mode: how merged patches become one token. "mean" averages them; "concat" stacks their channels
             (space-to-depth, the "pixel shuffle" of Idefics3), so a small object covering one patch of the cell
             is not diluted by the background around it, at the cost of a `pool_size**2` times wider first layer.
-        tokens_per_cell: visual tokens each (pooled) cell becomes (default 1). With 2 or more the projector can lay
-            out what a cell holds over several LM positions, the way text spells "red star" as two words.
         input_norm: LayerNorm each layer's features before concatenating them. Hidden states of a tower's early
             and late layers differ in scale by an order of magnitude (DINOv2-small: std 0.05 at layer 3, 2.2 at
             layer 12), so without it the projector starts out nearly blind to the early layers.
@@ -41,7 +39,6 @@ class MLPProjectorConfig(AdapterConfig):
     pool_size: int = 1
     input_norm: bool = True
     pool_mode: str = "mean"
-    tokens_per_cell: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,8 +46,6 @@ class MLPProjectorConfig(AdapterConfig):
             raise AdapterConfigError(f"MLPProjectorConfig.num_layers must be 1 or 2, got {self.num_layers}.")
         if self.pool_size < 1:
             raise AdapterConfigError(f"MLPProjectorConfig.pool_size must be >= 1, got {self.pool_size}.")
-        if self.tokens_per_cell < 1:
-            raise AdapterConfigError(f"MLPProjectorConfig.tokens_per_cell must be >= 1, got {self.tokens_per_cell}.")
         if self.pool_mode not in ("mean", "concat"):
             raise AdapterConfigError(f"MLPProjectorConfig.pool_mode must be 'mean' or 'concat', got {self.pool_mode!r}.")
 
@@ -73,16 +68,14 @@ class MLPProjector(VisionAdapter):
         in_features = geometry.hidden_size * len(config.feature_layers)
         if config.pool_mode == "concat":
             in_features *= config.pool_size**2
-        width, out_features = text_config.hidden_size, text_config.hidden_size * config.tokens_per_cell
-        layers = [nn.Linear(in_features, out_features if config.num_layers == 1 else width)]
+        layers = [nn.Linear(in_features, text_config.hidden_size)]
         if config.num_layers == 2:
-            layers += [ACT2FN[config.hidden_act], nn.Linear(width, out_features)]
+            layers += [ACT2FN[config.hidden_act], nn.Linear(text_config.hidden_size, text_config.hidden_size)]
         self.mlp = nn.Sequential(*layers)
 
     @property
     def num_image_tokens(self) -> int:
-        cells = self.geometry.num_tokens(self.config.feature_select) // self.config.pool_size**2
-        return cells * self.config.tokens_per_cell
+        return self.geometry.num_tokens(self.config.feature_select) // self.config.pool_size**2
 
     def _pool(self, features: torch.Tensor) -> torch.Tensor:
         # features: [N, S, C] with S = grid * grid patch tokens
@@ -102,6 +95,5 @@ class MLPProjector(VisionAdapter):
         features = image_features.permute(0, 1, 3, 2, 4).reshape(b * t, s, num_layers * d)  # [B*T, S, L*Dv]
         if self.config.pool_size > 1:
             features = self._pool(features)
-        tokens = self.mlp(features)  # [B*T, S', k*D] with k = tokens_per_cell
-        width = tokens.shape[-1] // self.config.tokens_per_cell
-        return tokens.reshape(b, -1, width)  # [B, T*S'*k, D], each cell's k tokens side by side
+        tokens = self.mlp(features)  # [B*T, S', D]
+        return tokens.reshape(b, t * tokens.shape[1], tokens.shape[2])  # [B, T*S', D]

@@ -47,18 +47,3 @@ def test_mean_pooling_averages_each_cell():
 def test_unknown_pool_mode_is_refused():
     with pytest.raises(AdapterConfigError, match="pool_mode must be 'mean' or 'concat'"):
         MLPProjectorConfig(pool_mode="max")
-
-
-def test_tokens_per_cell_splits_each_cells_projection_into_adjacent_tokens():
-    projector = _projector(pool_size=3, tokens_per_cell=2)
-    assert projector.num_image_tokens == 8
-    features = torch.randn(2, 1, 1, 36, 4)  # [B, T, L, S, Dv]
-    tokens = projector(features)  # [B, 4 cells * 2, D]
-    assert tokens.shape == (2, 8, 8)
-    per_cell = projector.mlp(projector._pool(features.reshape(2, 36, 4)))  # [B, 4, 2*D]
-    assert torch.equal(tokens[:, 2:4].reshape(2, 16), per_cell[:, 1])
-
-
-def test_tokens_per_cell_must_be_positive():
-    with pytest.raises(AdapterConfigError, match="tokens_per_cell must be >= 1"):
-        MLPProjectorConfig(tokens_per_cell=0)

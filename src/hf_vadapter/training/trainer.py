@@ -37,6 +37,7 @@ from .checkpointing import (
 )
 from .collator import image_flags
 from .joint import ModalityGroupedSampler, batch_modality, drop_other_group_grads, modality_parameter_groups
+from .length_sampler import LengthBucketSampler
 
 try:  # the mixed-batch split of LLaMA-Adapter V2's joint training
     from .joint_training import joint_loss
@@ -158,6 +159,13 @@ class VisionAdapterTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        length_column = self.args.length_column_name
+        if (
+            self.args.train_sampling_strategy == "group_by_length"
+            and self.modality_groups is None
+            and length_column in getattr(dataset, "column_names", ())
+        ):
+            return LengthBucketSampler(dataset[length_column], self._global_batch_size(), seed=self._data_seed())
         grouped = getattr(self.args, "modality_grouped_batches", None)
         if grouped is None:
             grouped = self.modality_groups is not None
@@ -166,9 +174,13 @@ class VisionAdapterTrainer(Trainer):
         flags = image_flags(dataset)
         if all(flags) or not any(flags):
             return super()._get_train_sampler(train_dataset)
-        group = self.args.per_device_train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return ModalityGroupedSampler(flags, group_size=group, seed=seed)
+        return ModalityGroupedSampler(flags, group_size=self._global_batch_size(), seed=self._data_seed())
+
+    def _global_batch_size(self) -> int:
+        return self.args.per_device_train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
+
+    def _data_seed(self) -> int:
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         has_image = inputs.pop("has_image", None)

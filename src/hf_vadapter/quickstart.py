@@ -95,7 +95,6 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, quick: bool = False, se
         warmup_steps=preset.warmup_steps,
         lr_scheduler_type="cosine",
         weight_decay=0.0,
-        train_sampling_strategy="group_by_length",  # captions and short answers in separate batches: no padding
         logging_steps=10,
         save_strategy="steps",
         save_steps=max(preset.max_steps // 2, 1),

@@ -10,10 +10,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["OMP_NUM_THREADS"] = "1"
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
+import time
 from typing import Callable, Dict, Tuple
 
 import numpy as np
@@ -59,6 +60,16 @@ def build_model(tower_path: str, lm_path: str, adapter_config, seed: int = 0):
 def random_image(seed: int, size: Tuple[int, int] = (40, 48)) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def kill_when_printed(script: str, marker: str, what: str, timeout: int = 300) -> None:
+    """Run `script` in a fresh Python, wait until it prints the line `marker`, then SIGKILL it (a crash at that point)."""
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.stdout.readline().strip() != marker:
+        assert process.poll() is None, f"{what} died before the kill point"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def run_without_hf_vadapter(script: str, timeout: int = 600) -> dict:

@@ -1,12 +1,6 @@
 """Bad input, broken files and interrupted saves: each gets a typed, explained error, and no data is lost."""
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -14,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hf_vadapter
-from conftest import build_model, random_image
+from conftest import build_model, kill_when_printed, random_image
 from hf_vadapter.modeling.adapter_config import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from hf_vadapter.modeling.processing_vadapter import IGNORE_INDEX
 
@@ -114,12 +108,7 @@ def test_sigkill_mid_save_leaves_the_previous_checkpoint_loadable(saved, tmp_pat
         model.save_adapter({str(target)!r})
         """
     )
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and process.stdout.readline().strip() != "WRITING":
-        assert process.poll() is None, "the saving process died before writing"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when_printed(script, "WRITING", "the saving process")
     assert (target / ADAPTER_WEIGHTS_NAME).read_bytes() == before
     reloaded = hf_vadapter.VisionAdapterForCausalLM.from_adapter_pretrained(target)
     for key, value in model.adapter_state_dict().items():

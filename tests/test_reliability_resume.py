@@ -3,12 +3,9 @@ uninterrupted run."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 
+from conftest import kill_when_printed
 from hf_vadapter.training import run_training
 from test_training_helpers import adapter_tensors, arguments, bases, max_abs_diff, run_values  # noqa: F401
 
@@ -37,12 +34,7 @@ def test_run_killed_between_checkpoints_resumes_to_the_same_adapter(bases, tmp_p
         run_training(*parse_arguments([], values=values), callbacks=[Hang()])
         """
     )
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and process.stdout.readline().strip() != "KILL ME":
-        assert process.poll() is None, "training died before the kill point"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_when_printed(script, "KILL ME", "training")
     checkpoints = sorted(name for name in os.listdir(tmp_path / "killed") if name.startswith("checkpoint-"))
     assert checkpoints == ["checkpoint-4"]
 

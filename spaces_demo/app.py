@@ -548,6 +548,12 @@ def example_inputs(folder: Path = EXAMPLES_DIR) -> Dict[str, list]:
 # ------------------------------------------------------------------------------------------------ the page
 
 
+def _image_input(elem_id: str) -> gr.Image:
+    # image_mode=None keeps the upload as it is: read_image converts every mode itself, with the note it shows.
+    return gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"], height=320,
+                    elem_id=elem_id)
+
+
 def build_demo(
     demo_model: Optional[DemoModel] = None,
     checkpoint: Optional[str] = None,
@@ -574,10 +580,7 @@ def build_demo(
                 with gr.Tabs():
                     with gr.Tab("Caption", id="caption"):
                         with gr.Row():
-                            caption_image = gr.Image(
-                                label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                height=320, elem_id="caption-image",
-                            )
+                            caption_image = _image_input(elem_id="caption-image")
                             with gr.Column():
                                 caption_button = gr.Button("Describe the image", variant="primary",
                                                            elem_id="caption-button")
@@ -591,10 +594,7 @@ def build_demo(
                                         label="Examples: real photos and synthetic scenes", elem_id="caption-examples")
                     with gr.Tab("Visual QA", id="qa"):
                         with gr.Row():
-                            qa_image = gr.Image(
-                                label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                height=320, elem_id="qa-image",
-                            )
+                            qa_image = _image_input(elem_id="qa-image")
                             with gr.Column():
                                 question = gr.Textbox(label="Question", lines=2, max_length=MAX_QUESTION_CHARS,
                                                       placeholder="What color is the circle?", elem_id="question")

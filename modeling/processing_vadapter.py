@@ -18,6 +18,7 @@ logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
 MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused rather than decoded into tens of GB
+IMAGE_PLACEMENTS = ("start", "end")  # where images go in a prompt without placeholders
 ImageLike = Image.Image
 
 
@@ -88,6 +89,8 @@ class VisionAdapterProcessor(ProcessorMixin):
         num_image_tokens: placeholders per image (the model config's `num_image_tokens`).
         image_token: the placeholder string users write in prompts.
         use_chat_template: wrap prompts in the tokenizer's chat template as one user turn, when it has one.
+        image_placement: where the images go in a prompt that holds no placeholder: `"start"` (before the text, the
+            usual convention) or `"end"` (after it, so the visual tokens can attend to the question).
     """
 
     _auto_class = "AutoProcessor"
@@ -99,11 +102,15 @@ class VisionAdapterProcessor(ProcessorMixin):
         num_image_tokens: int = 1,
         image_token: str = "<image>",
         use_chat_template: bool = True,
+        image_placement: str = "start",
         chat_template=None,
     ):
+        if image_placement not in IMAGE_PLACEMENTS:
+            raise ValueError(f"image_placement must be one of {IMAGE_PLACEMENTS}, got {image_placement!r}.")
         self.num_image_tokens = num_image_tokens
         self.image_token = image_token
         self.use_chat_template = use_chat_template
+        self.image_placement = image_placement
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
         self.image_token_id = _ensure_image_token(self.tokenizer, image_token)
         if self.tokenizer.pad_token is None:
@@ -146,12 +153,19 @@ class VisionAdapterProcessor(ProcessorMixin):
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return prompt
 
+    def with_placeholders(self, prompt: str, num_images: int) -> str:
+        """The prompt with `num_images` placeholders at `image_placement`, unless it already holds some."""
+        if num_images == 0 or self.image_token in prompt:
+            return prompt
+        placeholders = self.image_token * num_images
+        return f"{prompt}\n{placeholders}" if self.image_placement == "end" else f"{placeholders}\n{prompt}"
+
     def _prompt_ids(self, prompt: str, num_images: Optional[int]) -> List[int]:
         """Token ids with every placeholder expanded. `num_images=None` (features come from a cache) skips the
         count check here; the model checks placeholders against the visual tokens it receives."""
         count = prompt.count(self.image_token)
         if count == 0 and num_images:
-            prompt = self.image_token * num_images + "\n" + prompt
+            prompt = self.with_placeholders(prompt, num_images)
         elif num_images is not None and count != num_images:
             raise ImageTokenMismatchError(
                 f"The prompt {prompt[:60]!r} holds {count} `{self.image_token}` placeholders but {num_images} images "

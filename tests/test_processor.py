@@ -28,11 +28,30 @@ def test_each_placeholder_expands_to_num_image_tokens(processor):
     assert batch["pixel_values"].shape[0] == 2
 
 
-def test_images_go_first_when_the_prompt_has_no_placeholder(processor):
-    batch = processor(images=[random_image(0)], text=["describe the image."])
-    ids = batch["input_ids"][0].tolist()
-    first = ids.index(processor.image_token_id)
-    assert ids[first : first + processor.num_image_tokens] == [processor.image_token_id] * processor.num_image_tokens
+@pytest.mark.parametrize("placement", ["start", "end"])
+def test_image_placement_puts_images_before_or_after_a_prompt_without_placeholder(tiny_bases, tmp_path, placement):
+    _, processor = build_model(*tiny_bases("vit", "llama"), hf_vadapter.MLPProjectorConfig())
+    processor.image_placement = placement
+    processor.save_pretrained(tmp_path)
+    processor = hf_vadapter.VisionAdapterProcessor.from_pretrained(tmp_path)
+    assert processor.image_placement == placement
+    batch = processor(images=[random_image(0)], text=["describe the image."], text_target=["a red circle."])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0]
+    image = [i for i, token in enumerate(ids) if token == processor.image_token_id]
+    text = processor.tokenizer("describe the image.", add_special_tokens=False)["input_ids"]
+    text_start = next(i for i in range(len(ids)) if ids[i : i + len(text)] == text)
+    assert image == list(range(image[0], image[0] + processor.num_image_tokens))  # one contiguous block
+    if placement == "start":
+        assert image[-1] < text_start
+    else:  # after the prompt's text, right before the supervised target
+        assert image[0] >= text_start + len(text)
+        assert (labels[image[-1] + 1 :] != IGNORE_INDEX).all()
+
+
+def test_unknown_image_placement_is_refused(tiny_bases):
+    _, processor = build_model(*tiny_bases("vit", "llama"), hf_vadapter.MLPProjectorConfig())
+    with pytest.raises(ValueError, match="image_placement must be one of"):
+        hf_vadapter.VisionAdapterProcessor(processor.image_processor, processor.tokenizer, image_placement="middle")
 
 
 def test_placeholder_count_mismatch_is_a_typed_error(processor):

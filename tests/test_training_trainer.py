@@ -197,6 +197,18 @@ def test_token_lengths_are_the_collated_lengths(bases, tmp_path):
     assert len(set(collated)) > 2  # captions and the question types really differ in length
 
 
+def test_image_placement_reaches_the_collated_prompts_and_the_saved_processor(bases, tmp_path):
+    run = run_training(*arguments(bases, tmp_path / "run", image_placement="end"))
+    processor = run.trainer.processing_class
+    row = build_synthetic_dataset("train", 1, image_size=32, seed=0)[1]  # a question
+    ids = VisionAdapterCollator(processor, max_length=128)([row])["input_ids"][0].tolist()
+    question = processor.tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+    question_end = next(i for i in range(len(ids)) if ids[i : i + len(question)] == question) + len(question)
+    assert ids.index(processor.image_token_id) >= question_end
+    saved = json.loads((tmp_path / "run" / "processor_config.json").read_text())
+    assert saved["image_placement"] == "end"
+
+
 def test_group_by_length_batches_rows_of_similar_length(bases, tmp_path):
     run = run_training(
         *arguments(

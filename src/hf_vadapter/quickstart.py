@@ -37,6 +37,7 @@ class Preset:
     # Early and middle tower layers: colour is linearly readable there (about 1.0 at layers 1-6, 0.88 after the last).
     feature_layers: List[int] = field(default_factory=lambda: [3, 6, 9])
     pool_size: int = 3  # 9x9 patches -> 3x3 tokens, one per cell of the scenes' 3x3 layout
+    image_placement: str = "start"
     num_photo_questions: int = 1
 
 
@@ -77,6 +78,7 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, quick: bool = False, se
         adapter_config={"feature_layers": preset.feature_layers, "pool_size": preset.pool_size},
         image_size=preset.image_size,
         use_chat_template=False,
+        image_placement=preset.image_placement,
         language_model_dtype="bfloat16",
     )
     data_args = DataArguments(

@@ -58,6 +58,14 @@ class ModelArguments:
     use_chat_template: bool = field(
         default=True, metadata={"help": "Wrap prompts in the LM's chat template as one user turn, when it has one."}
     )
+    image_placement: str = field(
+        default="start",
+        metadata={
+            "help": "Where the image goes in prompts without a placeholder: 'start' (before the text) or 'end' "
+            "(after it, so the visual tokens can attend to the question).",
+            "choices": ["start", "end"],
+        },
+    )
     dtype: Optional[str] = field(
         default=None, metadata={"help": "dtype of the frozen bases ('float32', 'bfloat16', 'float16'); default fp32."}
     )

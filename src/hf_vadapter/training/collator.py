@@ -1,8 +1,8 @@
 """`VisionAdapterCollator`: example rows (the schema of `hf_vadapter.data`) -> model batches.
 
-Each row's prompt gets one `<image>` in front when it has an image (text-only rows, task "text", get none), the
-processor wraps it in the LM's chat template and expands the placeholder, and the target is supervised (labels are
--100 elsewhere). Images come as `pixel_values`, or, when the data set went through a `FeatureCache`, as the cached
+Each row's prompt gets one `<image>` when it has an image (text-only rows, task "text", get none), where the
+processor's `image_placement` says; the processor wraps it in the LM's chat template and expands the placeholder,
+and the target is supervised (labels are -100 elsewhere). Images come as `pixel_values`, or, when the data set went through a `FeatureCache`, as the cached
 tower features `image_features` [N, T, L, S, Dv], with exactly the same token ids. A batch mixing rows with and
 without images also gets `has_image` [B] (bool), which the trainer pops before the forward pass.
 """
@@ -52,10 +52,8 @@ class VisionAdapterCollator:
         self.with_targets = with_targets
 
     def prompt(self, row: Dict[str, Any]) -> str:
-        """The row's prompt with its image placeholder first (the processor's own convention), or as is."""
-        if has_image(row) and self.processor.image_token not in row["prompt"]:
-            return f"{self.processor.image_token}\n{row['prompt']}"
-        return row["prompt"]
+        """The row's prompt with its image placeholder where the processor puts images (`image_placement`)."""
+        return self.processor.with_placeholders(row["prompt"], int(has_image(row)))
 
     def __call__(self, rows: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
         prompts = [self.prompt(row) for row in rows]

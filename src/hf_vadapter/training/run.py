@@ -67,7 +67,9 @@ def build_model_and_processor(model_args: ModelArguments) -> Tuple[VisionAdapter
             len(report["skipped"]),
             len(report["untouched"]),
         )
-    processor = VisionAdapterProcessor.for_model(model, use_chat_template=model_args.use_chat_template)
+    processor = VisionAdapterProcessor.for_model(
+        model, use_chat_template=model_args.use_chat_template, image_placement=model_args.image_placement
+    )
     return model, processor
 
 

@@ -271,7 +271,6 @@ def render_model_card(
     if not (training.datasets or training.training_data or training.metrics or training.global_step):
         lines += ["No training data or metrics were recorded next to this checkpoint.", ""]
 
-    image_token = model_config.get("image_token", "<image>")
     lines += [
         "## Usage",
         "",
@@ -285,7 +284,8 @@ def render_model_card(
         f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)',
         "",
         'image = Image.open("photo.jpg")',
-        f'inputs = processor(images=[image], text=["{image_token} Describe the image."])',
+        "# With no placeholder in the text, the processor puts the image where the adapter was trained to see it.",
+        'inputs = processor(images=[image], text=["Describe the image."])',
         "output = model.generate(**inputs, max_new_tokens=30)",
         'print(processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0])',
         "```",

@@ -195,11 +195,18 @@ def quickstart_command(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="Where the adapter, report and metrics go.")
     parser.add_argument("--quick", action="store_true", help="The small preset (about three minutes).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--image-placement",
+        choices=("start", "end"),
+        default=None,
+        help="Put the image before the question ('start') or after it ('end'); default: the preset's.",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from .quickstart import run_quickstart
 
-        run_quickstart(args.output_dir, quick=args.quick, seed=args.seed)
+        overrides = {} if args.image_placement is None else {"image_placement": args.image_placement}
+        run_quickstart(args.output_dir, quick=args.quick, seed=args.seed, **overrides)
         return 0
 
     return run

@@ -37,7 +37,8 @@ class Preset:
     # Early and middle tower layers: colour is linearly readable there (about 1.0 at layers 1-6, 0.88 after the last).
     feature_layers: List[int] = field(default_factory=lambda: [3, 6, 9])
     pool_size: int = 3  # 9x9 patches -> 3x3 tokens, one per cell of the scenes' 3x3 layout
-    image_placement: str = "start"
+    # After the question, the visual tokens attend to it (measured against "start": docs/training.md).
+    image_placement: str = "end"
     num_photo_questions: int = 1
 
 

@@ -83,6 +83,9 @@ def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[D
         f"patch grid by {settings['pool_size']} (9 visual tokens), 2-layer MLP; "
         f"{summary['trainable_parameters']:,d} trainable of {summary['total_parameters']:,d} parameters "
         f"({100 * summary['trainable_parameters'] / summary['total_parameters']:.2f}%).",
+        f"- Prompt: plain text (no chat template), the image placed "
+        f"{'after' if settings['image_placement'] == 'end' else 'before'} the question "
+        f"(`image_placement=\"{settings['image_placement']}\"`).",
         "- Why the MLP projector: in `benchmarks/paper_claims.py` (same data, 100 steps per adapter, see "
         "BENCHMARKS.md) it has the cheapest step of the prefix adapters (0.93 s against 1.5-2.2 s) and every "
         "PaLM2-VAdapter arm ended at a higher validation loss; the 6-layer perceiver resampler ended lower (1.59 vs "

@@ -63,6 +63,20 @@ def test_help(argv, capsys):
         assert "--checkpoint" in text and "--dataset" in text
 
 
+@pytest.mark.parametrize(
+    "flags, overrides", [([], {}), (["--image-placement", "start"], {"image_placement": "start"})]
+)
+def test_quickstart_flags_reach_run_quickstart(monkeypatch, flags, overrides):
+    import hf_vadapter.quickstart
+
+    calls = []
+    monkeypatch.setattr(hf_vadapter.quickstart, "run_quickstart", lambda *args, **kwargs: calls.append((args, kwargs)))
+    assert cli.main(["quickstart", "--quick", "--output-dir", "out", *flags]) == 0
+    assert calls == [(("out",), {"quick": True, "seed": 0, **overrides})]
+    with pytest.raises(SystemExit):
+        cli.main(["quickstart", "--image-placement", "middle"])
+
+
 def test_a_subcommand_is_one_function():
     @cli.command("hello", help="Say hello.")
     def hello(parser):

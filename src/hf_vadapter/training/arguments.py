@@ -23,6 +23,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from ..modeling.adapter_config import AdapterConfig
 from ..modeling.adapters import ADAPTER_REGISTRY
 from ..modeling.errors import AdapterConfigError
+from ..modeling.processing_vadapter import IMAGE_PLACEMENTS
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 DATASET_KINDS = ("synthetic", "photos", "imagefolder", "coco", "vqav2")
@@ -63,7 +64,7 @@ class ModelArguments:
         metadata={
             "help": "Where the image goes in prompts without a placeholder: 'start' (before the text) or 'end' "
             "(after it, so the visual tokens can attend to the question).",
-            "choices": ["start", "end"],
+            "choices": list(IMAGE_PLACEMENTS),
         },
     )
     dtype: Optional[str] = field(

@@ -2,9 +2,10 @@
 
 Each row's prompt gets one `<image>` when it has an image (text-only rows, task "text", get none), where the
 processor's `image_placement` says; the processor wraps it in the LM's chat template and expands the placeholder,
-and the target is supervised (labels are -100 elsewhere). Images come as `pixel_values`, or, when the data set went through a `FeatureCache`, as the cached
-tower features `image_features` [N, T, L, S, Dv], with exactly the same token ids. A batch mixing rows with and
-without images also gets `has_image` [B] (bool), which the trainer pops before the forward pass.
+and the target is supervised (labels are -100 elsewhere). Images come as `pixel_values`, or, when the data set went
+through a `FeatureCache`, as the cached tower features `image_features` [N, T, L, S, Dv], with exactly the same token
+ids. A batch mixing rows with and without images also gets `has_image` [B] (bool), which the trainer pops before the
+forward pass.
 """
 
 from typing import Any, Dict, List, Optional, Sequence

@@ -87,7 +87,7 @@ def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[D
         f"{'after' if settings['image_placement'] == 'end' else 'before'} the question "
         f"(`image_placement=\"{settings['image_placement']}\"`).",
         "- Why the MLP projector: in `benchmarks/paper_claims.py` (same data, 100 steps per adapter, see "
-        "BENCHMARKS.md) it has the cheapest step of the prefix adapters (0.93 s against 1.5-2.2 s) and every "
+        "BENCHMARKS.md) it has the cheapest step of the prefix adapters (0.91 s against 1.5-2.2 s) and every "
         "PaLM2-VAdapter arm ended at a higher validation loss; the 6-layer perceiver resampler ended lower (1.59 vs "
         "1.99) at twice the step and 43 times the trainable parameters. LLaMA-Adapter V2 and eP-ALM reached lower "
         "validation losses, with colour and shape answers within one question of the MLP's, but their in-layer hooks "

@@ -48,6 +48,7 @@ TEXT_PROMPT = "Image: {caption}\n{question}\nAnswer:"
 # The text oracle's prompt tuning: as many virtual tokens as the default has visual tokens, the quickstart's batch
 # and learning rate.
 ORACLE_TOKENS, ORACLE_BATCH, ORACLE_LR, ORACLE_WARMUP = 9, 16, 2e-3, 30
+ORACLE_INIT_TEXT = "Answer the question about the scene in one word."
 
 
 def cell_vectors(model: VisionAdapterForCausalLM, processor, split: str, count: int, seed: int):
@@ -147,7 +148,15 @@ def text_oracle(text_path: str, args) -> str:
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(text_path)
     lm = AutoModelForCausalLM.from_pretrained(text_path, dtype=torch.bfloat16)
-    model = peft.get_peft_model(lm, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=ORACLE_TOKENS))
+    # Initialised from an instruction's word embeddings, so the soft prompt starts at the scale of the LM's embeddings.
+    config = peft.PromptTuningConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=ORACLE_TOKENS,
+        prompt_tuning_init="TEXT",
+        prompt_tuning_init_text=ORACLE_INIT_TEXT,
+        tokenizer_name_or_path=text_path,
+    )
+    model = peft.get_peft_model(lm, config)
     train = caption_questions("train", args.oracle_train_images, args.seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ORACLE_LR, weight_decay=0.0)
     schedule = get_constant_schedule_with_warmup(optimizer, ORACLE_WARMUP)
@@ -178,7 +187,8 @@ def text_oracle(text_path: str, args) -> str:
         results[split] = {kind: sum(hits) / len(hits) for kind, hits in correct.items()}
     kinds = sorted(results["test"])
     lines = [
-        f"Text oracle: the frozen SmolLM2-135M (bf16) with a {ORACLE_TOKENS}-token soft prompt (PEFT prompt tuning), "
+        f"Text oracle: the frozen SmolLM2-135M (bf16) with a {ORACLE_TOKENS}-token soft prompt (PEFT prompt tuning, "
+        f"initialised from the embeddings of {ORACLE_INIT_TEXT!r}), "
         f"{args.oracle_steps} steps of batch {ORACLE_BATCH} at lr {ORACLE_LR} on the questions of "
         f"{args.oracle_train_images} training scenes, each prompt `{TEXT_PROMPT!r}` holding the scene's caption; "
         f"greedy answers, first word against the target, {args.oracle_test_images} scenes per split.",
@@ -199,6 +209,7 @@ def main(argv=None) -> str:
     sizes = (60, 30, 40, 4, 5) if args.quick else (1000, 200, 2000, 60, 400)
     args.probe_train_images, args.probe_test_images, args.oracle_train_images, args.oracle_test_images = sizes[:4]
     args.oracle_steps = sizes[4]
+    torch.set_num_threads(os.cpu_count() or 1)
     with tee_stdout() as out:
         print(f"Machine: {machine()}\n")
         vision, text = backbone_paths()

@@ -1,6 +1,6 @@
 """Where binding colour to shape fails on the quickstart default: in the features, or in the frozen LM?
 
-    python benchmarks/binding.py            # about 12 minutes on 2 CPU cores
+    python benchmarks/binding.py            # about 15 minutes on 2 CPU cores
     python benchmarks/binding.py --quick    # a smoke pass
 
 Two measurements with the packaged DINOv2-small and SmolLM2-135M-Instruct, the LM frozen in both:

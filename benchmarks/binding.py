@@ -60,9 +60,7 @@ def cell_vectors(model: VisionAdapterForCausalLM, processor, split: str, count: 
         scenes = [sample_scene(scene_rng(split, i, seed), heldout) for i in range(start, min(start + 64, count))]
         images = [render_scene(scene, IMAGE_SIZE) for scene in scenes]
         pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        features = adapter.input_norm(model.get_image_features(pixels))  # [B, 1, L, S, Dv]
-        b, _, num_layers, s, d = features.shape
-        pooled = adapter._pool(features[:, 0].permute(0, 2, 1, 3).reshape(b, s, num_layers * d))  # [B, 9, L*Dv]
+        pooled = adapter.pooled_features(model.get_image_features(pixels))  # [B, 9, L*Dv]
         for row, scene in enumerate(scenes):
             for obj in scene.objects:
                 cell = int(obj.center[1] * GRID) * GRID + int(obj.center[0] * GRID)

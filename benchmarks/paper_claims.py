@@ -165,9 +165,9 @@ class FeatureCache:
 
 
 def encode(processor, rows: List[Dict], features: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Token ids with one expanded placeholder in front of each prompt (the collator's convention), the supervised
-    target, and the cached features of the rows' images."""
-    prompts = [f"{processor.image_token}\n{row['prompt']}" for row in rows]
+    """Token ids with one expanded placeholder per prompt where the processor places images (as the collator does),
+    the supervised target, and the cached features of the rows' images."""
+    prompts = [processor.with_placeholders(row["prompt"], 1) for row in rows]
     batch = dict(processor(text=prompts, text_target=[row["target"] for row in rows]))
     batch["image_features"] = features[[row["image"] for row in rows]]
     return batch

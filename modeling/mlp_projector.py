@@ -89,11 +89,15 @@ class MLPProjector(VisionAdapter):
         features = nn.functional.avg_pool2d(features, pool)  # [N, C, g, g]
         return features.flatten(2).transpose(1, 2)  # [N, g*g, C]
 
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+    def pooled_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        """What the MLP reads: image features [B, T, L, S, Dv], normed and pooled, as [B*T, S', L*Dv] (or
+        [B*T, S', p*p*L*Dv] with `pool_mode="concat"`)."""
         b, t, num_layers, s, d = image_features.shape
         image_features = self.input_norm(image_features)
         features = image_features.permute(0, 1, 3, 2, 4).reshape(b * t, s, num_layers * d)  # [B*T, S, L*Dv]
-        if self.config.pool_size > 1:
-            features = self._pool(features)
-        tokens = self.mlp(features)  # [B*T, S', D]
+        return self._pool(features) if self.config.pool_size > 1 else features
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        b, t = image_features.shape[:2]
+        tokens = self.mlp(self.pooled_features(image_features))  # [B*T, S', D]
         return tokens.reshape(b, t * tokens.shape[1], tokens.shape[2])  # [B, T*S', D]

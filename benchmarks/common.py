@@ -12,7 +12,7 @@ import platform
 import statistics
 import subprocess
 import sys
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Sequence
 
 import torch
 
@@ -74,16 +74,26 @@ def make_batch(model: VisionAdapterForCausalLM, batch: int, with_answer: bool = 
     return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels, pixel_values=pixel_values)
 
 
+def median_times(fns: Sequence[Callable[[], object]], repeats: int, timer: Callable[[], float] = None) -> List[float]:
+    """Median of `repeats` timed calls of each function, after one untimed warm-up each.
+
+    The calls are interleaved (a, b, a, b, ...), so a drift in the machine's speed falls on every function alike and
+    their ratio stays fair."""
+    timer = timer or (lambda: clock("cpu"))
+    for fn in fns:
+        fn()
+    times: List[List[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, fn_times in zip(fns, times):
+            start = timer()
+            fn()
+            fn_times.append(timer() - start)
+    return [statistics.median(fn_times) for fn_times in times]
+
+
 def median_time(fn: Callable[[], object], repeats: int, timer: Callable[[], float] = None) -> float:
     """Median of `repeats` timed calls after one untimed warm-up."""
-    timer = timer or (lambda: clock("cpu"))
-    fn()
-    times: List[float] = []
-    for _ in range(repeats):
-        start = timer()
-        fn()
-        times.append(timer() - start)
-    return statistics.median(times)
+    return median_times([fn], repeats, timer)[0]
 
 
 def machine() -> str:

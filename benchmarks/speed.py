@@ -26,7 +26,7 @@ from typing import List, Optional
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import adapter_configs, build, machine, make_batch, median_time, tee_stdout  # noqa: E402
+from common import adapter_configs, build, machine, make_batch, median_times, tee_stdout  # noqa: E402
 
 SIZES = (224, 126)
 
@@ -59,14 +59,12 @@ def bench_step(args):
         for name in adapter_configs(size):
             model = build(name, size)
             batch = make_batch(model, args.batch)
-            step = median_time(lambda: train_step(model, batch), args.repeats)
-            floor = median_time(lambda: floor_step(model, batch), args.repeats)
+            step, floor = median_times([lambda: train_step(model, batch), lambda: floor_step(model, batch)], args.repeats)
             rows.append(dict(adapter=name, px=size, tokens=model.config.num_image_tokens,
                              seq=batch["input_ids"].shape[1], step=step, floor=floor))
             r = rows[-1]
             print(f"{name:16} {size:>4} {r['tokens']:>7} {r['seq']:>4} {step:>7.3f} {floor:>7.3f} {step / floor:>10.3f}",
                   flush=True)
-            del model
         prefix = next(r for r in rows if r["px"] == size and r["adapter"] == "mlp_projector")
         epalm = next(r for r in rows if r["px"] == size and r["adapter"] == "epalm")
         print(f"eP-ALM step / MLP-prefix floor at {size} px: {epalm['step'] / prefix['floor']:.3f}")
@@ -88,8 +86,7 @@ def bench_logits(args):
     print(f"\n## logits: supervised-positions head / full logits (batch {args.batch}, 126 px, MLP projector)")
     model = build("mlp_projector", 126)
     batch = make_batch(model, args.batch)
-    full = median_time(lambda: full_logits_step(model, batch), args.repeats)
-    kept = median_time(lambda: train_step(model, batch), args.repeats)
+    full, kept = median_times([lambda: full_logits_step(model, batch), lambda: train_step(model, batch)], args.repeats)
     print(f"{'full logits s':>13} {'supervised s':>12} {'supervised/full':>15}")
     print(f"{full:>13.3f} {kept:>12.3f} {kept / full:>15.3f}")
     return dict(full=full, supervised=kept)
@@ -103,15 +100,17 @@ def bench_cache(args):
         model = build("mlp_projector", size)
         batch = make_batch(model, args.batch)
         features = model.get_image_features(batch["pixel_values"])
-        pixels = median_time(lambda: train_step(model, batch), args.repeats)
-        cached = median_time(lambda: train_step(model, batch, pixel_values=None, image_features=features), args.repeats)
+        pixels, cached = median_times(
+            [lambda: train_step(model, batch), lambda: train_step(model, batch, pixel_values=None, image_features=features)],
+            args.repeats,
+        )
         rows.append(dict(px=size, pixels=pixels, cache=cached))
         print(f"{'mlp_projector':16} {size:>4} {pixels:>8.3f} {cached:>8.3f} {cached / pixels:>12.3f}", flush=True)
     return rows
 
 
 def bench_generate(args):
-    print(f"\n## generate: greedy tokens/s, 32 new tokens, 126 px, against the bare LM on a same-length text prompt")
+    print("\n## generate: greedy tokens/s, 32 new tokens, 126 px, against the bare LM on a same-length text prompt")
     print(f"{'adapter':16} {'batch':>5} {'prompt':>6} {'model tok/s':>11} {'LM tok/s':>9} {'ratio':>6}")
     rows = []
     gen = dict(max_new_tokens=32, min_new_tokens=32, do_sample=False)
@@ -125,15 +124,18 @@ def bench_generate(args):
             text_ids = torch.where(text_ids == batch["input_ids"], text_ids, torch.full_like(text_ids, 1000))
             wall = time.perf_counter
             with torch.no_grad():
-                t_model = median_time(lambda: model.generate(**batch, **gen), args.repeats, timer=wall)
-                t_lm = median_time(
-                    lambda: lm.generate(input_ids=text_ids, attention_mask=batch["attention_mask"], **gen),
-                    args.repeats, timer=wall)
+                t_model, t_lm = median_times(
+                    [
+                        lambda: model.generate(**batch, **gen),
+                        lambda: lm.generate(input_ids=text_ids, attention_mask=batch["attention_mask"], **gen),
+                    ],
+                    args.repeats,
+                    timer=wall,
+                )
             new = 32 * batch_size
             rows.append(dict(adapter=name, batch=batch_size, model=new / t_model, lm=new / t_lm))
             print(f"{name:16} {batch_size:>5} {text_ids.shape[1]:>6} {new / t_model:>11.1f} {new / t_lm:>9.1f} "
                   f"{t_lm / t_model:>6.3f}", flush=True)
-        del model
     return rows
 
 

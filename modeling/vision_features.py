@@ -1,12 +1,15 @@
 """Reading features out of any frozen vision tower.
 
-The tower is run once with `output_hidden_states=True`; the layers an adapter asks for are picked, optionally passed
-through the tower's own final norm, and split into the [CLS] token and the patch tokens. Every adapter receives the
-same layout, `[B, T, L, S, Dv]`: images (or samples), frames, layers read, tokens, tower width.
+The tower is run once with `output_hidden_states=True`, stopping after the deepest layer the adapter reads; the layers
+an adapter asks for are picked, optionally passed through the tower's own final norm, and split into the [CLS] token
+and the patch tokens. Every adapter receives the same layout, `[B, T, L, S, Dv]`: images (or samples), frames, layers
+read, tokens, tower width.
 """
 
+import contextlib
+import threading
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -65,6 +68,42 @@ def find_final_norm(tower: nn.Module) -> Optional[nn.Module]:
     return None
 
 
+# Held while a tower's layer list is shortened, so that concurrent calls never see (or restore) a shortened list.
+_TRUNCATION_LOCK = threading.Lock()
+
+
+def find_layer_list(tower: nn.Module, num_layers: int) -> Optional[Tuple[nn.Module, str]]:
+    """(parent, attribute) of the tower's list of `num_layers` encoder layers, or None if it has none."""
+    for name, module in tower.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            parent_name, _, attribute = name.rpartition(".")
+            return tower.get_submodule(parent_name), attribute
+    return None
+
+
+@contextlib.contextmanager
+def layers_up_to(tower: nn.Module, num_layers: int, last: int) -> Iterator[None]:
+    """Run only the tower's first `last` encoder layers inside the block.
+
+    `hidden_states[:last + 1]` are unchanged; the layers above are never read by the adapter, so skipping them saves
+    their whole cost (a quarter of the tower for the default's layers 3/6/9 of 12). A tower whose layer list is not
+    found runs whole.
+    """
+    last = max(last, 1)  # towers record hidden_states[0] through their first layer
+    found = find_layer_list(tower, num_layers) if last < num_layers else None
+    if found is None:
+        yield
+        return
+    parent, attribute = found
+    with _TRUNCATION_LOCK:
+        full = getattr(parent, attribute)
+        setattr(parent, attribute, full[:last])
+        try:
+            yield
+        finally:
+            setattr(parent, attribute, full)
+
+
 def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size: int) -> None:
     """Reject pixel tensors of the wrong rank, size, dtype or with non-finite values, with a message that says why."""
     if not isinstance(pixel_values, torch.Tensor):
@@ -99,7 +138,9 @@ def select_features(
     """
     frames = pixel_values.shape[1] if pixel_values.ndim == 5 else 1
     flat = pixel_values.flatten(0, 1) if pixel_values.ndim == 5 else pixel_values  # [B*T, C, H, W]
-    hidden_states = tower(pixel_values=flat, output_hidden_states=True).hidden_states
+    layers = [layer % (geometry.num_layers + 1) for layer in layers]  # hidden_states has num_layers + 1 entries
+    with layers_up_to(tower, geometry.num_layers, max(layers)):
+        hidden_states = tower(pixel_values=flat, output_hidden_states=True).hidden_states
     stacked = torch.stack([hidden_states[layer] for layer in layers], dim=1)  # [B*T, L, P + S_patch, Dv]
     if norm:
         final_norm = find_final_norm(tower)

@@ -31,7 +31,8 @@ Answer:") with a one-word supervised answer. Adapters: MLP projector (quickstart
 pool 3x3 at 126 px = 9 tokens; pool 4x4 at 224 px = 16 tokens, since 3 does not divide 16x16), a small perceiver
 resampler (depth 2, 32 latents, hidden 384), eP-ALM default.
 
-Every ratio is between timings from the one run below, the median of the repetitions after one warm-up. Step timings
+Every ratio is between timings from the one run below, the median of the repetitions after one warm-up, with the
+calls of a ratio interleaved (a, b, a, b, ...) so that drift in the machine's speed falls on both. Step timings
 are process CPU time (`epalm_backward.clock`); generation is wall time. These are timings, not tests: on a shared
 machine, CPU time limits but does not remove the noise of other load.
 
@@ -50,7 +51,11 @@ How to read the tables:
   sequence is short here (the full head has only B x S rows), so the saving grows with text length.
 - **cache**: a step from cached tower features skips the tower's forward pass; the saving grows with the image size.
 - **generate**: the bare LM generates from a text prompt of the same total length (visual tokens counted as text
-  tokens). The model's time includes the tower forward on the prompt's image; the bare LM has none.
+  tokens). The model's time includes one tower forward on the prompt's images; the bare LM has none. "bound" is the
+  ratio the model would reach if that forward were its only extra cost: where "ratio" is close to "bound", the rest of
+  generation (adapter, placeholder merge, cached decoding) costs about what the bare LM's does, and the gap to 1 is
+  the tower. The tower stops after the deepest layer an adapter reads: layer 9 of 12 for the MLP projector's
+  [3, 6, 9]; the perceiver and eP-ALM read the last layers and run it whole.
 - **memory**: "infer" is a no-grad forward of the same model on the same batch (frozen tower + adapter + LM), "train"
   one training step; both include the ~1 GB of loaded weights. eP-ALM keeps activations only for layers >= L, hence
   the smallest training overhead.
@@ -77,7 +82,7 @@ with a soft prompt trained at the quickstart's cost."""
 SECTIONS = (
     # (module, heading, fixed text before, fixed text after, full argv, quick argv)
     ("speed", "## Speed and memory against the floors", SPEED_INTRO, SPEED_NOTES,
-     ["--only", "step", "logits", "cache", "params", "generate", "memory", "--repeats", "3"],
+     ["--only", "step", "logits", "cache", "params", "generate", "memory", "--repeats", "5"],
      ["--only", "logits", "params", "--repeats", "1"]),
     ("llava_peer", "## Against transformers' LLaVA", "", "",
      [],

@@ -10,6 +10,7 @@ Benchmarks (each prints a table; ratios are between timings taken in this run, m
   logits   a step with labels (LM head at supervised positions only) / full [B, S, V] logits + cross-entropy.
   cache    a step from cached tower features (image_features=) / a step from pixel_values=.
   generate greedy tokens/s (32 new tokens, min_new_tokens=32) / the bare LM on a text prompt of the same length.
+           Also the tower's forward alone, and the ratio it bounds: LM / (LM + tower).
   memory   peak RSS (VmHWM) of a training step / of a no-grad forward, each in a fresh subprocess.
   params   trainable parameters per adapter on this pair.
 Step timings are process CPU time (see epalm_backward.clock); generation is wall time.
@@ -111,7 +112,10 @@ def bench_cache(args):
 
 def bench_generate(args):
     print("\n## generate: greedy tokens/s, 32 new tokens, 126 px, against the bare LM on a same-length text prompt")
-    print(f"{'adapter':16} {'batch':>5} {'prompt':>6} {'model tok/s':>11} {'LM tok/s':>9} {'ratio':>6}")
+    print("(tower s: the tower's forward on the batch's images, once per generate call; bound: the ratio if that were")
+    print(" the model's only cost beyond the bare LM, LM s / (LM s + tower s))")
+    print(f"{'adapter':16} {'batch':>5} {'prompt':>6} {'model tok/s':>11} {'LM tok/s':>9} {'ratio':>6} {'tower s':>7} "
+          f"{'bound':>6}")
     rows = []
     gen = dict(max_new_tokens=32, min_new_tokens=32, do_sample=False)
     for name in adapter_configs(126):
@@ -122,20 +126,20 @@ def bench_generate(args):
             batch.pop("labels")
             text_ids = batch["input_ids"].clamp(max=lm.config.vocab_size - 1)
             text_ids = torch.where(text_ids == batch["input_ids"], text_ids, torch.full_like(text_ids, 1000))
-            wall = time.perf_counter
             with torch.no_grad():
-                t_model, t_lm = median_times(
+                t_model, t_lm, t_tower = median_times(
                     [
                         lambda: model.generate(**batch, **gen),
                         lambda: lm.generate(input_ids=text_ids, attention_mask=batch["attention_mask"], **gen),
+                        lambda: model.get_image_features(batch["pixel_values"]),
                     ],
                     args.repeats,
-                    timer=wall,
+                    timer=time.perf_counter,
                 )
             new = 32 * batch_size
-            rows.append(dict(adapter=name, batch=batch_size, model=new / t_model, lm=new / t_lm))
+            rows.append(dict(adapter=name, batch=batch_size, model=new / t_model, lm=new / t_lm, tower=t_tower))
             print(f"{name:16} {batch_size:>5} {text_ids.shape[1]:>6} {new / t_model:>11.1f} {new / t_lm:>9.1f} "
-                  f"{t_lm / t_model:>6.3f}", flush=True)
+                  f"{t_lm / t_model:>6.3f} {t_tower:>7.3f} {t_lm / (t_lm + t_tower):>6.3f}", flush=True)
     return rows
 
 

@@ -9,6 +9,8 @@ Benchmarks (each prints a table; ratios are between timings taken in this run, m
            token count and the same supervised-position loss.
   logits   a step with labels (LM head at supervised positions only) / full [B, S, V] logits + cross-entropy.
   cache    a step from cached tower features (image_features=) / a step from pixel_values=.
+  tower    the tower features an adapter reads (the tower stops after the deepest layer read) / a whole-tower
+           forward with all hidden states.
   generate greedy tokens/s (32 new tokens, min_new_tokens=32) / the bare LM on a text prompt of the same length.
            Also the tower's forward alone, and the ratio it bounds: LM / (LM + tower).
   memory   peak RSS (VmHWM) of a training step / of a no-grad forward, each in a fresh subprocess.
@@ -110,6 +112,27 @@ def bench_cache(args):
     return rows
 
 
+def bench_tower(args):
+    print(f"\n## tower: the features an adapter reads / a whole-tower forward (no grad, batch {args.batch}, 126 px)")
+    print(f"{'adapter':16} {'layers read':>18} {'whole s':>8} {'read s':>8} {'read/whole':>10}")
+    rows = []
+    for name in adapter_configs(126):
+        model = build(name, 126).eval()
+        pixels = make_batch(model, args.batch)["pixel_values"]
+        with torch.no_grad():
+            whole, read = median_times(
+                [
+                    lambda: model.vision_tower(pixel_values=pixels, output_hidden_states=True),
+                    lambda: model.get_image_features(pixels),
+                ],
+                args.repeats,
+            )
+        layers = ",".join(map(str, model.config.adapter.feature_layers))
+        rows.append(dict(adapter=name, whole=whole, read=read))
+        print(f"{name:16} {layers:>18} {whole:>8.3f} {read:>8.3f} {read / whole:>10.3f}", flush=True)
+    return rows
+
+
 def bench_generate(args):
     print("\n## generate: greedy tokens/s, 32 new tokens, 126 px, against the bare LM on a same-length text prompt")
     print("(tower s: the tower's forward on the batch's images, once per generate call; bound: the ratio if that were")
@@ -183,7 +206,7 @@ def bench_params(args):
         print(f"{name:16} {trainable:>11,} {total:>12,} {100 * trainable / total:>11.3f}")
 
 
-BENCHES = dict(step=bench_step, logits=bench_logits, cache=bench_cache, generate=bench_generate,
+BENCHES = dict(step=bench_step, logits=bench_logits, cache=bench_cache, tower=bench_tower, generate=bench_generate,
                memory=bench_memory, params=bench_params)
 
 

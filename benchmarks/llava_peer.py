@@ -24,7 +24,8 @@ against our supervised rows), and AdamW turns rounding differences in near-zero 
 two trajectories part after a few steps. One seed's accuracy gap is therefore mostly that chaos, so every model is
 trained and evaluated on several seeds (each seed draws its own training and test scenes and initial projector), and
 accuracy is compared by the mean over seeds of ours - LLaVA, with its standard error. Timings and losses are means
-over seeds; generation is measured on the first seed only (the weights do not change its cost).
+over seeds; generation is measured on the first seed only (the weights do not change its cost). On the first seed,
+ours is also evaluated carrying LLaVA's trained projector, which checks that the two evaluation paths agree.
 
 `main(argv)` returns the printed markdown. Everything loads from local folders; run with HF_HUB_OFFLINE=1 to be sure.
 """
@@ -53,7 +54,7 @@ from transformers import (
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import backbone_paths, clock, machine, median_time  # noqa: E402
 
-from hf_vadapter import VisionAdapterProcessor
+from hf_vadapter import MLPProjectorConfig, VisionAdapterForCausalLM, VisionAdapterProcessor
 from hf_vadapter.data.synthetic import QUESTION_TYPES, build_synthetic_dataset
 from hf_vadapter.evaluation.runner import evaluate_model
 from hf_vadapter.modeling.safe_io import save_safetensors
@@ -202,7 +203,7 @@ def build_llava(processor: VisionAdapterProcessor, seed: int) -> LlavaForConditi
     return llava
 
 
-def save_initial_projector(llava: LlavaForConditionalGeneration, path: str) -> None:
+def save_projector(llava: LlavaForConditionalGeneration, path: str) -> None:
     """LLaVA's projector weights under our MLP projector's names (linear_1 -> mlp.0, linear_2 -> mlp.2)."""
     ours_names = {"linear_1": "adapter.mlp.0", "linear_2": "adapter.mlp.2"}
     renamed = {}
@@ -222,7 +223,7 @@ def train_llava(args, workdir: str) -> Trained:
     timer = StepTimer()
     start = clock("cpu")
     llava = build_llava(processor, args.seed)
-    save_initial_projector(llava, os.path.join(workdir, INITIAL_PROJECTOR))
+    save_projector(llava, os.path.join(workdir, INITIAL_PROJECTOR))
     trainer = Trainer(
         model=llava,
         args=TrainingArguments(**recipe(args, os.path.join(workdir, "llava"))),
@@ -308,14 +309,45 @@ def measure(trained: Trained, args, prompt_row: Optional[dict]) -> dict:
     if prompt_row is not None:
         result.update(gen1=tokens_per_second(trained, prompt_row, 1, args.repeats),
                       gen8=tokens_per_second(trained, prompt_row, 8, args.repeats))
-    sizes = {"test": args.test_images, "test_heldout": args.heldout_images}
-    for split in SPLITS:
-        result[split] = vqa_accuracy(trained, split, sizes[split], args.seed)
+    result.update(split_accuracies(trained, args))
     return result
 
 
+def split_accuracies(trained: Trained, args) -> Dict[str, Dict[str, float]]:
+    sizes = {"test": args.test_images, "test_heldout": args.heldout_images}
+    return {split: vqa_accuracy(trained, split, sizes[split], args.seed) for split in SPLITS}
+
+
+def with_llava_projector(llava: Trained, workdir: str) -> Trained:
+    """Ours, untrained, carrying LLaVA's trained projector: LLaVA's weights behind our evaluation path."""
+    path = os.path.join(workdir, "llava_trained_projector.safetensors")
+    save_projector(llava.model, path)
+    vision, text = backbone_paths()
+    model = VisionAdapterForCausalLM.from_vision_text_pretrained(
+        vision, text, MLPProjectorConfig(**LIKE_FOR_LIKE), image_size=IMAGE_SIZE
+    )
+    model.load_adapter(path)
+    return Trained(model, llava.processor, 0.0, 0.0, float("nan"), llava.example_ids)
+
+
+def same_weights_line(seed_results: Dict[str, dict], seed: int) -> str:
+    """Whether ours, carrying LLaVA's trained projector, scores what LLaVA scored on the same seed."""
+    llava, ours = seed_results["LLaVA"], seed_results["LLaVA"]["same_weights"]
+    agree = all(ours[split] == llava[split] for split in SPLITS)
+    numbers = ", ".join(
+        f"{split} {100 * ours[split]['all']:.0f}% vs LLaVA's {100 * llava[split]['all']:.0f}%" for split in SPLITS
+    )
+    if agree:
+        return (f"Same weights, same scores: ours carrying LLaVA's trained projector (seed {seed}) scores exactly what "
+                f"LLaVA scores on every question type ({numbers}), so the evaluation paths agree and the gaps above "
+                "come from the training trajectories.")
+    return (f"Same weights, other answers: ours carrying LLaVA's trained projector (seed {seed}) scores {numbers}; the "
+            "evaluation paths differ.")
+
+
 def run_seed(args, prompt_row: Optional[dict]) -> Dict[str, dict]:
-    """Train LLaVA, ours and the quickstart default on `args.seed`, and measure each."""
+    """Train LLaVA, ours and the quickstart default on `args.seed`, and measure each. With `prompt_row` (the first
+    seed), also generation speed, and ours carrying LLaVA's trained projector (`same_weights`)."""
     results: Dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as workdir:
         initial_projector = os.path.join(workdir, INITIAL_PROJECTOR)  # written by train_llava
@@ -333,6 +365,9 @@ def run_seed(args, prompt_row: Optional[dict]) -> Dict[str, dict]:
             seen = trained.example_ids
             log(f"seed {args.seed}, {name}: generation and accuracy")
             results[name] = measure(trained, args, prompt_row)
+            if name == "LLaVA" and prompt_row is not None:
+                log(f"seed {args.seed}: ours with LLaVA's trained projector")
+                results[name]["same_weights"] = split_accuracies(with_llava_projector(trained, workdir), args)
             del trained
     return results
 
@@ -414,6 +449,8 @@ def main(argv: Optional[List[str]] = None) -> str:
         *seed_table(per_seed, args.seeds),
         "",
         verdict(results, per_seed),
+        "",
+        same_weights_line(per_seed[0], first),
     ]
     text = "\n".join(lines)
     print(text)

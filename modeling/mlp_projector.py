@@ -1,7 +1,16 @@
-"""LLaVA-style MLP projector: tower features, optionally pooled, projected into the LM's embedding width."""
+"""LLaVA-style MLP projector: tower features, optionally pooled, projected into the LM's embedding width.
+
+Two options make the visual tokens easier for a frozen LM to bind (which colour goes with which shape):
+- `tokens_per_cell` > 1 emits several tokens per pooled cell, so an object's attributes can arrive as separate
+  word-like tokens, the way the LM reads "red star";
+- `token_vocabulary` makes each visual token a softmax mixture of the LM's own input embeddings of those tokens
+  (for example the words of the training captions), so visual tokens lie on the LM's word-embedding manifold;
+- `cell_prefix_ids` puts fixed LM tokens before each cell's tokens, for example the words of its grid position
+  ("top left", "center", ...), which a frozen LM already knows.
+"""
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, List, Optional
 
 import torch
 from torch import nn
@@ -28,6 +37,11 @@ class MLPProjectorConfig(AdapterConfig):
         input_norm: LayerNorm each layer's features before concatenating them. Hidden states of a tower's early
             and late layers differ in scale by an order of magnitude (DINOv2-small: std 0.05 at layer 3, 2.2 at
             layer 12), so without it the projector starts out nearly blind to the early layers.
+        tokens_per_cell: visual tokens emitted per pooled cell (kept together, in reading order).
+        token_vocabulary: LM token ids; when given, each visual token is a softmax mixture of the LM's input
+            embeddings of these tokens instead of a free vector (see `caption_token_vocabulary`).
+        cell_prefix_ids: one list of LM token ids per pooled cell, embedded by the frozen LM and placed before that
+            cell's tokens (see `grid_position_prefixes`).
 
     Several `feature_layers` are concatenated along the channels, as LLaVA does with multi-layer features.
     """
@@ -39,6 +53,9 @@ class MLPProjectorConfig(AdapterConfig):
     pool_size: int = 1
     input_norm: bool = True
     pool_mode: str = "mean"
+    tokens_per_cell: int = 1
+    token_vocabulary: Optional[List[int]] = None
+    cell_prefix_ids: Optional[List[List[int]]] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -48,6 +65,14 @@ class MLPProjectorConfig(AdapterConfig):
             raise AdapterConfigError(f"MLPProjectorConfig.pool_size must be >= 1, got {self.pool_size}.")
         if self.pool_mode not in ("mean", "concat"):
             raise AdapterConfigError(f"MLPProjectorConfig.pool_mode must be 'mean' or 'concat', got {self.pool_mode!r}.")
+        if not isinstance(self.tokens_per_cell, int) or self.tokens_per_cell < 1:
+            raise AdapterConfigError(f"MLPProjectorConfig.tokens_per_cell must be an int >= 1, got {self.tokens_per_cell!r}.")
+        if self.token_vocabulary is not None:
+            if len(self.token_vocabulary) < 2 or len(set(self.token_vocabulary)) != len(self.token_vocabulary):
+                raise AdapterConfigError("MLPProjectorConfig.token_vocabulary must hold at least 2 distinct token ids.")
+            self.token_vocabulary = [int(token) for token in self.token_vocabulary]
+        if self.cell_prefix_ids is not None:
+            self.cell_prefix_ids = [[int(token) for token in prefix] for prefix in self.cell_prefix_ids]
 
 
 class MLPProjector(VisionAdapter):
@@ -68,14 +93,44 @@ class MLPProjector(VisionAdapter):
         in_features = geometry.hidden_size * len(config.feature_layers)
         if config.pool_mode == "concat":
             in_features *= config.pool_size**2
-        layers = [nn.Linear(in_features, text_config.hidden_size)]
+        width = text_config.hidden_size
+        # Each cell's output: k tokens of the LM's width, or k sets of mixture logits over the token vocabulary.
+        out_features = config.tokens_per_cell * (len(config.token_vocabulary) if config.token_vocabulary else width)
+        layers = [nn.Linear(in_features, out_features if config.num_layers == 1 else width)]
         if config.num_layers == 2:
-            layers += [ACT2FN[config.hidden_act], nn.Linear(text_config.hidden_size, text_config.hidden_size)]
+            layers += [ACT2FN[config.hidden_act], nn.Linear(width, out_features)]
         self.mlp = nn.Sequential(*layers)
+        vocab_size = getattr(text_config, "vocab_size", None)
+        for token in (config.token_vocabulary or []) + [t for p in config.cell_prefix_ids or [] for t in p]:
+            if vocab_size is not None and not 0 <= token < vocab_size:
+                raise AdapterConfigError(f"Token id {token} in MLPProjectorConfig is outside the LM vocabulary (0..{vocab_size - 1}).")
+        if config.cell_prefix_ids is not None and len(config.cell_prefix_ids) != self.num_cells:
+            raise AdapterConfigError(
+                f"MLPProjectorConfig.cell_prefix_ids holds {len(config.cell_prefix_ids)} prefixes, but this tower and "
+                f"pool_size give {self.num_cells} cells."
+            )
+        self._input_embeddings: tuple = ()  # the frozen LM's embedding, set by `attach` (not a submodule: not saved)
+
+    @property
+    def num_cells(self) -> int:
+        return self.geometry.num_tokens(self.config.feature_select) // self.config.pool_size**2
 
     @property
     def num_image_tokens(self) -> int:
-        return self.geometry.num_tokens(self.config.feature_select) // self.config.pool_size**2
+        prefixes = sum(len(prefix) for prefix in self.config.cell_prefix_ids or [])
+        return self.num_cells * self.config.tokens_per_cell + prefixes
+
+    def attach(self, language_model: nn.Module) -> None:
+        if self.config.token_vocabulary or self.config.cell_prefix_ids:
+            self._input_embeddings = (language_model.get_input_embeddings(),)
+
+    def _embed_tokens(self, token_ids: List[int], like: torch.Tensor) -> torch.Tensor:
+        """The frozen LM's input embeddings of `token_ids`: [len, D] in `like`'s dtype and device."""
+        if not self._input_embeddings:
+            raise AdapterConfigError("This MLP projector reads the LM's embeddings: build it inside a VisionAdapterForCausalLM.")
+        embedding = self._input_embeddings[0]
+        ids = torch.tensor(token_ids, device=embedding.weight.device)
+        return embedding(ids).detach().to(device=like.device, dtype=like.dtype)
 
     def _pool(self, features: torch.Tensor) -> torch.Tensor:
         # features: [N, S, C] with S = grid * grid patch tokens
@@ -97,7 +152,56 @@ class MLPProjector(VisionAdapter):
         features = image_features.permute(0, 1, 3, 2, 4).reshape(b * t, s, num_layers * d)  # [B*T, S, L*Dv]
         return self._pool(features) if self.config.pool_size > 1 else features
 
+    def cell_token_logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Mixture logits over `token_vocabulary`: [B*T, S'*k, V] (only with a token vocabulary)."""
+        out = self.mlp(self.pooled_features(image_features))  # [B*T, S', k*V]
+        return out.reshape(out.shape[0], -1, len(self.config.token_vocabulary))
+
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         b, t = image_features.shape[:2]
-        tokens = self.mlp(self.pooled_features(image_features))  # [B*T, S', D]
-        return tokens.reshape(b, t * tokens.shape[1], tokens.shape[2])  # [B, T*S', D]
+        if self.config.token_vocabulary:
+            logits = self.cell_token_logits(image_features)  # [B*T, S'*k, V]
+            vocabulary = self._embed_tokens(self.config.token_vocabulary, logits)  # [V, D]
+            tokens = logits.softmax(-1) @ vocabulary  # [B*T, S'*k, D]
+        else:
+            out = self.mlp(self.pooled_features(image_features))  # [B*T, S', k*D]
+            tokens = out.reshape(out.shape[0], -1, out.shape[-1] // self.config.tokens_per_cell)  # [B*T, S'*k, D]
+        if self.config.cell_prefix_ids:
+            tokens = self._with_cell_prefixes(tokens)  # [B*T, N, D]
+        return tokens.reshape(b, t * tokens.shape[1], tokens.shape[2])  # [B, T*N, D]
+
+    def _with_cell_prefixes(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Interleave each cell's prefix embeddings before its k tokens: [B*T, S'*k, D] -> [B*T, N, D]."""
+        k = self.config.tokens_per_cell
+        pieces = []
+        for cell, prefix in enumerate(self.config.cell_prefix_ids):
+            if prefix:
+                pieces.append(self._embed_tokens(prefix, tokens).expand(tokens.shape[0], -1, -1))
+            pieces.append(tokens[:, cell * k : (cell + 1) * k])
+        return torch.cat(pieces, dim=1)
+
+
+GRID_3X3_NAMES = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+
+
+def grid_position_phrases(grid: int) -> List[str]:
+    """A phrase per cell of a `grid` x `grid` layout in reading order: "top left", ..., "bottom right" for 3x3,
+    "row i column j" otherwise."""
+    if grid == 3:
+        return list(GRID_3X3_NAMES)
+    return [f"row {row + 1} column {col + 1}" for row in range(grid) for col in range(grid)]
+
+
+def grid_position_prefixes(tokenizer, grid: int, template: str = " {}:") -> List[List[int]]:
+    """`cell_prefix_ids` naming each cell's grid position in the LM's own words, e.g. " top left:"."""
+    return [tokenizer(template.format(phrase), add_special_tokens=False)["input_ids"] for phrase in grid_position_phrases(grid)]
+
+
+def caption_token_vocabulary(tokenizer, captions, max_size: int = 512) -> List[int]:
+    """The `max_size` most frequent LM tokens of `captions` (ties by first appearance): a `token_vocabulary` that
+    holds the words a data set uses to describe its images."""
+    counts: dict = {}
+    for caption in captions:
+        for token in tokenizer(caption, add_special_tokens=False)["input_ids"]:
+            counts[token] = counts.get(token, 0) + 1
+    return sorted(counts, key=lambda token: -counts[token])[:max_size]

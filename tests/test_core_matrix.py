@@ -22,7 +22,25 @@ ADAPTERS = {
         num_latents=6, depth=2, hidden_size=32, num_heads=4, feature_select="both"
     ),
 }
-CASES = [*itertools.product(TOWERS, LMS, ADAPTERS), ("vit", "mistral", "mlp"), ("clip", "phi3", "perceiver")]
+# The MLP projector's binding options: several tokens per cell, mixtures of the LM's word embeddings, and fixed LM
+# tokens before each of the 2x2 cells (prefixes of different lengths).
+OPTION_ADAPTERS = {
+    "mlp_slots": lambda: hf_vadapter.MLPProjectorConfig(feature_layers=[-1], pool_size=2, tokens_per_cell=3),
+    "mlp_words": lambda: hf_vadapter.MLPProjectorConfig(
+        feature_layers=[-2, -1], pool_size=2, tokens_per_cell=2, token_vocabulary=list(range(5, 25)),
+        cell_prefix_ids=[[3], [4, 5], [6], [7, 8, 9]],
+    ),
+}
+CASES = [
+    *itertools.product(TOWERS, LMS, ADAPTERS),
+    ("vit", "mistral", "mlp"),
+    ("clip", "phi3", "perceiver"),
+    ("clip", "qwen2", "mlp_slots"),
+    ("dinov2", "llama", "mlp_words"),
+    ("vit", "gpt2", "mlp_words"),
+    ("siglip", "opt", "mlp_words"),
+]
+ADAPTERS.update(OPTION_ADAPTERS)
 SAVED = {}  # case id -> (full folder, adapter folder, inputs path, expected logits path)
 
 

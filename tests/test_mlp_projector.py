@@ -1,5 +1,7 @@
 """The MLP projector's pooling: mean and concatenating (space-to-depth) merges of the patch grid."""
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -47,3 +49,98 @@ def test_mean_pooling_averages_each_cell():
 def test_unknown_pool_mode_is_refused():
     with pytest.raises(AdapterConfigError, match="pool_mode must be 'mean' or 'concat'"):
         MLPProjectorConfig(pool_mode="max")
+
+
+# ----------------------------------------------------------------------------------- binding options
+
+
+class _Embedding(torch.nn.Module):
+    """Stands in for the LM: `get_input_embeddings()` of a 30-token vocabulary of width 8."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(30, 8)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+
+def _attached(**config) -> tuple:
+    projector, lm = _projector(pool_size=3, **config), _Embedding()
+    projector.attach(lm)
+    return projector, lm.embed.weight.detach()
+
+
+def test_tokens_per_cell_keeps_each_cells_tokens_together():
+    projector = _projector(pool_size=3, tokens_per_cell=3)
+    assert projector.num_image_tokens == 4 * 3
+    features = torch.randn(2, 1, 1, 36, 4)  # [B, T, L, S, Dv]
+    tokens = projector(features)  # [B, 12, D]
+    assert tokens.shape == (2, 12, 8)
+    # Cell 1's three tokens are the second block of the one projection of cell 1's pooled features.
+    cell_out = projector.mlp(projector.pooled_features(features))[:, 1]  # [B, 3*D]
+    assert torch.equal(tokens[:, 3:6], cell_out.reshape(2, 3, 8))
+
+
+def test_word_tokens_are_mixtures_of_the_lms_embeddings_of_the_vocabulary():
+    vocabulary = [2, 7, 11, 19]
+    projector, table = _attached(tokens_per_cell=2, token_vocabulary=vocabulary)
+    features = torch.randn(2, 1, 1, 36, 4)
+    tokens = projector(features)  # [B, 4 cells * 2, D]
+    weights = projector.cell_token_logits(features).softmax(-1)  # [B, 8, 4]
+    torch.testing.assert_close(tokens, weights @ table[vocabulary])
+    assert projector.mlp[-1].out_features == 2 * len(vocabulary)
+
+
+def test_cell_prefixes_put_the_lms_own_embeddings_before_each_cells_tokens():
+    prefixes = [[1], [2, 3], [], [4]]
+    projector, table = _attached(tokens_per_cell=2, cell_prefix_ids=prefixes)
+    assert projector.num_image_tokens == 4 * 2 + 4
+    features = torch.randn(2, 1, 1, 36, 4)
+    tokens = projector(features)  # [B, 12, D]
+    plain = projector.mlp(projector.pooled_features(features)).reshape(2, 8, 8)  # [B, 4 cells * 2, D]
+    expected = [table[[1]], plain[:, 0:2], table[[2, 3]], plain[:, 2:4], plain[:, 4:6], table[[4]], plain[:, 6:8]]
+    expected = torch.cat([part.expand(2, -1, -1) if part.dim() == 2 else part for part in expected], dim=1)
+    assert torch.equal(tokens, expected)
+    assert not any("embed" in name for name in projector.state_dict())  # the LM's table is read, never saved
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(tokens_per_cell=0), "tokens_per_cell"),
+        (dict(token_vocabulary=[3]), "at least 2 distinct"),
+        (dict(token_vocabulary=[3, 3]), "at least 2 distinct"),
+        (dict(token_vocabulary=[3, 40]), "outside the LM vocabulary"),
+        (dict(cell_prefix_ids=[[1], [2]]), "2 prefixes, but this tower and pool_size give 4 cells"),
+    ],
+)
+def test_binding_options_are_validated(fields, message):
+    class TextConfig(_TextConfig):
+        vocab_size = 30
+
+    geometry = VisionGeometry(hidden_size=4, num_layers=3, grid_size=6, num_prefix_tokens=1)
+    with pytest.raises(AdapterConfigError, match=message):
+        MLPProjector(MLPProjectorConfig(feature_layers=[-1], pool_size=3, **fields), geometry, TextConfig())
+
+
+def test_word_options_need_the_lm():
+    projector = _projector(pool_size=3, token_vocabulary=[1, 2])
+    with pytest.raises(AdapterConfigError, match="reads the LM's embeddings"):
+        projector(torch.randn(1, 1, 1, 36, 4))
+
+
+def test_grid_prefixes_and_caption_vocabulary_use_the_tokenizer():
+    from hf_vadapter.modeling.mlp_projector import caption_token_vocabulary, grid_position_phrases, grid_position_prefixes
+    from tiny_models import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    assert grid_position_phrases(3)[0] == "top left" and grid_position_phrases(3)[4] == "center"
+    assert grid_position_phrases(2) == ["row 1 column 1", "row 1 column 2", "row 2 column 1", "row 2 column 2"]
+    prefixes = grid_position_prefixes(tokenizer, 3)
+    assert [tokenizer.decode(ids).strip() for ids in prefixes][:2] == ["top left:", "top:"]
+    captions = ["a red circle", "a blue circle", "a red square", "a star"]
+    counts = Counter(t for caption in captions for t in tokenizer(caption, add_special_tokens=False)["input_ids"])
+    vocabulary = caption_token_vocabulary(tokenizer, captions, max_size=3)
+    assert vocabulary == [token for token, _ in counts.most_common(3)]
+    assert len(caption_token_vocabulary(tokenizer, captions)) == len(counts)

@@ -23,6 +23,7 @@ from .arguments import DataArguments, ModelArguments, VisionAdapterTrainingArgum
 from .checkpointing import load_partial_adapter
 from .collator import VisionAdapterCollator
 from .data import load_splits
+from .dtype_choice import resolve_language_model_dtype
 from .feature_cache import FeatureCache
 from .trainer import VisionAdapterTrainer
 
@@ -56,8 +57,9 @@ def build_model_and_processor(model_args: ModelArguments) -> Tuple[VisionAdapter
         dtype=model_args.torch_dtype(),
         attn_implementation=model_args.attn_implementation,
     )
-    if model_args.language_model_dtype:
-        model.cast_language_model(model_args.torch_dtype("language_model_dtype"))
+    language_model_dtype = resolve_language_model_dtype(model_args.language_model_dtype)
+    if language_model_dtype is not None:
+        model.cast_language_model(language_model_dtype)
     if model_args.init_adapter_from:
         report = load_partial_adapter(model, model_args.init_adapter_from)
         logger.info(

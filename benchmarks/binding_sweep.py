@@ -1,0 +1,232 @@
+"""Which lever makes the quickstart's adapter bind colour to shape? One harness, every arm on the same footing.
+
+    python benchmarks/binding_sweep.py --arms base slots2 words2 words2_grid --steps 150      # screen
+    python benchmarks/binding_sweep.py --arms words2_grid --steps 400 --seeds 0 1 2          # confirm
+
+Every arm trains the quickstart's MLP projector setup (packaged DINOv2-small layers 3/6/9, 126 px, 3x3 cells, image
+after the question, frozen SmolLM2-135M-Instruct) from the same cached tower features, on the same rows in the same
+order, with the same optimiser, schedule, batch and seed; only the adapter's output differs:
+
+- `base`: one free token per cell (the quickstart before this sweep);
+- `slots<k>`: k free tokens per cell;
+- `words<k>`: k tokens per cell, each a softmax mixture of the frozen LM's embeddings of the training captions'
+  tokens (`token_vocabulary`);
+- `..._grid`: each cell introduced by the LM's own words for its grid position (`cell_prefix_ids`).
+
+Training uses images, prompts and targets only (the synthetic generator's per-object labels are never read).
+Each arm reports VQA first-word accuracy per question type on `test` and `test_heldout` (unseen colour-shape pairs),
+its step cost (process CPU seconds) relative to `base` measured in the same process, and CPU minutes of training.
+The LM runs in bfloat16 where this CPU multiplies bf16 faster than fp32 (measured at start), else in fp32.
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import backbone_paths, machine  # noqa: E402
+from epalm_backward import clock  # noqa: E402
+
+from hf_vadapter import MLPProjectorConfig, VisionAdapterForCausalLM, VisionAdapterProcessor  # noqa: E402
+from hf_vadapter.data.synthetic import HELDOUT_SPLIT, build_synthetic_dataset  # noqa: E402
+from hf_vadapter.modeling.mlp_projector import caption_token_vocabulary, grid_position_prefixes  # noqa: E402
+from hf_vadapter.modeling.safe_io import load_safetensors, save_safetensors  # noqa: E402
+from hf_vadapter.training.dtype_choice import choose_language_model_dtype  # noqa: E402
+
+IMAGE_SIZE, LAYERS, POOL, BATCH, LR, WARMUP = 126, [3, 6, 9], 3, 16, 2e-3, 30
+OUT = Path("outputs/binding_sweep")
+
+
+def arm_config(name: str, tokenizer, captions: List[str]) -> MLPProjectorConfig:
+    fields = dict(feature_layers=LAYERS, pool_size=POOL)
+    base = name.replace("_grid", "").replace("_pack", "")
+    if base.startswith("slots"):
+        fields["tokens_per_cell"] = int(base[len("slots"):])
+    elif base.startswith("words"):
+        fields["tokens_per_cell"] = int(base[len("words"):])
+        fields["token_vocabulary"] = caption_token_vocabulary(tokenizer, captions)
+    elif base != "base":
+        raise SystemExit(f"unknown arm {name!r}")
+    if name.endswith("_grid"):
+        fields["cell_prefix_ids"] = grid_position_prefixes(tokenizer, IMAGE_SIZE // 14 // POOL)
+    return MLPProjectorConfig(**fields)
+
+
+def cached_features(model, processor, datasets_by_split, seed: int) -> Dict[str, torch.Tensor]:
+    """Tower features [N, 1, L, S, Dv] (fp16) of every image of every split, computed once and kept on disk."""
+    path = OUT / f"features-s{seed}-{'-'.join(f'{k}{len(v)}' for k, v in datasets_by_split.items())}.safetensors"
+    if path.is_file():
+        return load_safetensors(path)
+    features = {}
+    for split, rows in datasets_by_split.items():
+        images = [row["image"] for row in rows]
+        chunks = []
+        for start in range(0, len(images), 64):
+            pixels = processor.image_processor(images[start : start + 64], return_tensors="pt")["pixel_values"]
+            chunks.append(model.get_image_features(pixels).half())
+            print(f"  features {split}: {start + len(pixels)}/{len(images)}", flush=True)
+        features[split] = torch.cat(chunks)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(features, path)
+    return features
+
+
+def image_rows(dataset) -> List[Dict]:
+    """One entry per image: its image and its rows (prompt, target, question type), in data set order."""
+    by_image: Dict[str, Dict] = {}
+    for row in dataset:
+        entry = by_image.setdefault(row["image_id"], {"image": row["image"], "rows": []})
+        entry["rows"].append({"prompt": row["prompt"], "target": row["target"], "type": row["question_type"]})
+    return list(by_image.values())
+
+
+def batch_of(processor, items, features, with_targets=True):
+    prompts = [processor.with_placeholders(item["prompt"], 1) for item in items]
+    targets = [item["target"] for item in items] if with_targets else None
+    batch = dict(processor(text=prompts, text_target=targets))
+    batch["image_features"] = features[[item["index"] for item in items]].float()
+    return batch
+
+
+def packed_batch(processor, images, features):
+    """One sequence per image holding all its turns (questions and caption, in a seeded order): the image is encoded
+    once and supervised at every answer. The first turn carries the image, as single-turn prompts do."""
+    rows = []
+    for image in images:
+        prompt_ids, labels = [], []
+        for turn, row in enumerate(image["rows"]):
+            if turn == 0:
+                ids = processor._prompt_ids(processor.with_placeholders(row["prompt"], 1), None)
+            else:
+                ids = processor.tokenizer(row["prompt"] + "\n", add_special_tokens=False)["input_ids"]
+            target = processor._target_ids(row["target"])
+            prompt_ids += ids + target
+            labels += [-100] * len(ids) + target
+        rows.append((prompt_ids, labels))
+    width = max(len(ids) for ids, _ in rows)
+    pad = processor.tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in rows]),
+        "attention_mask": torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in rows]),
+        "labels": torch.tensor([[-100] * (width - len(ids)) + lab for ids, lab in rows]),
+        "image_features": features[[image["index"] for image in images]].float(),
+    }
+
+
+def train_arm(name, config, paths, features, train_items, args, dtype) -> Dict:
+    torch.manual_seed(args.seed)
+    model = VisionAdapterForCausalLM.from_vision_text_pretrained(*paths, config, image_size=IMAGE_SIZE)
+    model.cast_language_model(dtype).train()
+    processor = VisionAdapterProcessor.for_model(model, use_chat_template=False, image_placement="end")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: s / WARMUP if s < WARMUP else 0.5 * (1 + math.cos(math.pi * (s - WARMUP) / max(1, args.steps - WARMUP))),
+    )
+    order = random.Random(args.seed)
+    pack = name.endswith("_pack")
+    rows = list(train_items)
+    if pack:  # one unit per image, its turns in a seeded order
+        by_index = defaultdict(list)
+        for item in rows:
+            by_index[item["index"]].append(item)
+        rows = [{"index": index, "rows": order.sample(turns, len(turns))} for index, turns in by_index.items()]
+    order.shuffle(rows)
+    step_times, losses = [], []
+    for step in range(args.steps):
+        start = (step * BATCH) % len(rows)
+        items = rows[start : start + BATCH]
+        batch = packed_batch(processor, items, features) if pack else batch_of(processor, items, features)
+        began = clock("cpu")
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step(), schedule.step(), optimizer.zero_grad()
+        step_times.append(clock("cpu") - began)
+        losses.append(loss.item())
+        if (step + 1) % 25 == 0:
+            print(f"  {name} step {step + 1}/{args.steps}: loss {statistics.mean(losses[-25:]):.3f}, "
+                  f"{statistics.median(step_times[-25:]):.2f} s/step", flush=True)
+    model.eval()
+    return {"model": model, "processor": processor, "step_s": statistics.median(step_times[5:] or step_times),
+            "train_cpu_min": sum(step_times) / 60, "final_loss": statistics.mean(losses[-25:])}
+
+
+@torch.no_grad()
+def evaluate_arm(model, processor, items, features) -> Dict[str, float]:
+    """Greedy answers (4 new tokens), first word against the target, per question type; captions skipped."""
+    hits = defaultdict(list)
+    questions = [item for item in items if item["type"] != "caption"]
+    for start in range(0, len(questions), 50):
+        chunk = questions[start : start + 50]
+        batch = batch_of(processor, chunk, features, with_targets=False)
+        output = model.generate(**batch, max_new_tokens=4, do_sample=False)
+        answers = processor.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        for item, answer in zip(chunk, answers):
+            words = answer.strip().lower().rstrip(".").split()
+            hits[item["type"]].append(bool(words) and words[0] == item["target"].lower())
+    return {kind: sum(v) / len(v) for kind, v in sorted(hits.items())}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arms", nargs="+", default=["base", "slots2", "words2", "words2_grid"])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-images", type=int, default=2000)
+    parser.add_argument("--test-images", type=int, default=100)
+    parser.add_argument("--heldout-images", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--results", default=str(OUT / "results.jsonl"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"Machine: {machine()}", flush=True)
+    dtype = choose_language_model_dtype()
+    print(f"LM dtype: {dtype}", flush=True)
+    paths = backbone_paths()
+    splits = {
+        "train": build_synthetic_dataset("train", args.train_images, IMAGE_SIZE, args.seed),
+        "test": build_synthetic_dataset("test", args.test_images, IMAGE_SIZE, args.seed),
+        HELDOUT_SPLIT: build_synthetic_dataset(HELDOUT_SPLIT, args.heldout_images, IMAGE_SIZE, args.seed),
+    }
+    grouped = {split: image_rows(ds) for split, ds in splits.items()}
+    probe = VisionAdapterForCausalLM.from_vision_text_pretrained(
+        *paths, MLPProjectorConfig(feature_layers=LAYERS, pool_size=POOL), image_size=IMAGE_SIZE
+    ).eval()
+    processor = VisionAdapterProcessor.for_model(probe, use_chat_template=False, image_placement="end")
+    features = cached_features(probe, processor, grouped, args.seed)
+    del probe
+    items = {
+        split: [{**row, "index": i} for i, image in enumerate(images) for row in image["rows"]]
+        for split, images in grouped.items()
+    }
+    captions = [row["target"] for row in items["train"] if row["type"] == "caption"]
+    for name in args.arms:
+        config = arm_config(name, processor.tokenizer, captions)
+        began = time.time()
+        run = train_arm(name, config, paths, features["train"], items["train"], args, dtype)
+        result = {"arm": name, "seed": args.seed, "steps": args.steps, "lm_dtype": str(dtype),
+                  "num_image_tokens": run["model"].config.num_image_tokens,
+                  **{k: run[k] for k in ("step_s", "train_cpu_min", "final_loss")}}
+        for split in ("test", HELDOUT_SPLIT):
+            result[split] = evaluate_arm(run["model"], run["processor"], items[split], features[split])
+        result["wall_min"] = (time.time() - began) / 60
+        print(json.dumps(result), flush=True)
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.results, "a") as handle:
+            handle.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

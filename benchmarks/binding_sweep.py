@@ -49,7 +49,7 @@ OUT = Path("outputs/binding_sweep")
 
 def arm_config(name: str, tokenizer, captions: List[str]) -> MLPProjectorConfig:
     fields = dict(feature_layers=LAYERS, pool_size=POOL)
-    base = name.replace("_grid", "").replace("_pack", "")
+    base = name.replace("_grid", "").replace("_pack", "").replace("_bow", "")
     if base.startswith("slots"):
         fields["tokens_per_cell"] = int(base[len("slots"):])
     elif base.startswith("words"):
@@ -57,7 +57,7 @@ def arm_config(name: str, tokenizer, captions: List[str]) -> MLPProjectorConfig:
         fields["token_vocabulary"] = caption_token_vocabulary(tokenizer, captions)
     elif base != "base":
         raise SystemExit(f"unknown arm {name!r}")
-    if name.endswith("_grid"):
+    if "_grid" in name:
         fields["cell_prefix_ids"] = grid_position_prefixes(tokenizer, IMAGE_SIZE // 14 // POOL)
     return MLPProjectorConfig(**fields)
 
@@ -123,7 +123,15 @@ def packed_batch(processor, images, features):
     }
 
 
-def train_arm(name, config, paths, features, train_items, args, dtype) -> Dict:
+def caption_bag_loss(model, image_features, bags) -> torch.Tensor:
+    """Binary cross-entropy between the caption's tokens (multi-hot over the token vocabulary, [B, V]) and the
+    chance that some visual token of the image picks each token (noisy-OR over its mixtures, [B, V])."""
+    probs = model.adapter.cell_token_logits(image_features).softmax(-1)  # [B, S'*k, V]
+    picked = 1 - (1 - probs).clamp_min(1e-6).log().sum(1).exp()  # [B, V]
+    return torch.nn.functional.binary_cross_entropy(picked.clamp(1e-6, 1 - 1e-6), bags)
+
+
+def train_arm(name, config, paths, features, train_items, args, dtype, bags=None) -> Dict:
     torch.manual_seed(args.seed)
     model = VisionAdapterForCausalLM.from_vision_text_pretrained(*paths, config, image_size=IMAGE_SIZE)
     model.cast_language_model(dtype).train()
@@ -135,7 +143,7 @@ def train_arm(name, config, paths, features, train_items, args, dtype) -> Dict:
         lambda s: s / WARMUP if s < WARMUP else 0.5 * (1 + math.cos(math.pi * (s - WARMUP) / max(1, args.steps - WARMUP))),
     )
     order = random.Random(args.seed)
-    pack = name.endswith("_pack")
+    pack = "_pack" in name
     rows = list(train_items)
     if pack:  # one unit per image, its turns in a seeded order
         by_index = defaultdict(list)
@@ -150,6 +158,9 @@ def train_arm(name, config, paths, features, train_items, args, dtype) -> Dict:
         batch = packed_batch(processor, items, features) if pack else batch_of(processor, items, features)
         began = clock("cpu")
         loss = model(**batch).loss
+        if "_bow" in name:
+            indices = [item["index"] for item in items]
+            loss = loss + caption_bag_loss(model, batch["image_features"], bags[indices])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step(), schedule.step(), optimizer.zero_grad()
@@ -215,7 +226,15 @@ def main(argv=None):
     for name in args.arms:
         config = arm_config(name, processor.tokenizer, captions)
         began = time.time()
-        run = train_arm(name, config, paths, features["train"], items["train"], args, dtype)
+        bags = None
+        if config.token_vocabulary:  # the caption's tokens as a multi-hot over the token vocabulary, per image
+            position = {token: i for i, token in enumerate(config.token_vocabulary)}
+            bags = torch.zeros(len(grouped["train"]), len(position))
+            for item in items["train"]:
+                if item["type"] == "caption":
+                    for token in processor.tokenizer(item["target"], add_special_tokens=False)["input_ids"]:
+                        bags[item["index"], position[token]] = 1.0
+        run = train_arm(name, config, paths, features["train"], items["train"], args, dtype, bags)
         result = {"arm": name, "seed": args.seed, "steps": args.steps, "lm_dtype": str(dtype),
                   "num_image_tokens": run["model"].config.num_image_tokens,
                   **{k: run[k] for k in ("step_s", "train_cpu_min", "final_loss")}}

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import InvalidImageError, InvalidPromptError
 
 PLAIN_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if not loop.first %}\n{% endif %}{{ message['content'] }}"
+    "{% for message in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}{{ message['content'] }}"
     "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
 )
 IMAGE_SOURCE_KEYS = ("image", "path", "url", "base64")

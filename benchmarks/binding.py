@@ -60,7 +60,7 @@ def cell_vectors(model: VisionAdapterForCausalLM, processor, split: str, count: 
         scenes = [sample_scene(scene_rng(split, i, seed), heldout) for i in range(start, min(start + 64, count))]
         images = [render_scene(scene, IMAGE_SIZE) for scene in scenes]
         pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        pooled = adapter.pooled_features(model.get_image_features(pixels))  # [B, 9, L*Dv]
+        pooled = adapter.pooled_features(model.get_vision_features(pixels))  # [B, 9, L*Dv]
         for row, scene in enumerate(scenes):
             for obj in scene.objects:
                 cell = int(obj.center[1] * GRID) * GRID + int(obj.center[0] * GRID)

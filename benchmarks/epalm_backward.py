@@ -54,7 +54,7 @@ def batch_for(model: VisionAdapterForCausalLM, args) -> dict:
     labels[:, -8:] = input_ids[:, -8:]
     pixel_values = torch.randn(args.batch, 3, 224, 224, generator=generator)
     with torch.no_grad():
-        features = model.get_image_features(pixel_values.to(args.device))
+        features = model.get_vision_features(pixel_values.to(args.device))
     return {
         "input_ids": input_ids.to(args.device),
         "attention_mask": torch.ones_like(input_ids).to(args.device),

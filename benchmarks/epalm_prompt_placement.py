@@ -48,7 +48,7 @@ def batch_for(model: VisionAdapterForCausalLM) -> dict:
     labels[:, -3:] = input_ids[:, -3:]
     pixel_values = ((COLOURS[:, :, None, None].expand(n, 3, 32, 32)) - 0.5) / 0.5
     with torch.no_grad():
-        features = model.get_image_features(pixel_values)
+        features = model.get_vision_features(pixel_values)
     return dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), labels=labels, image_features=features)
 
 

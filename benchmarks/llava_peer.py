@@ -326,7 +326,7 @@ def with_llava_projector(llava: Trained, workdir: str) -> Trained:
     model = VisionAdapterForCausalLM.from_vision_text_pretrained(
         vision, text, MLPProjectorConfig(**LIKE_FOR_LIKE), image_size=IMAGE_SIZE
     )
-    model.load_adapter(path)
+    model.load_vision_adapter(path)
     return Trained(model, llava.processor, 0.0, 0.0, float("nan"), llava.example_ids)
 
 

@@ -8,7 +8,7 @@ order, for the same steps and batch, from the same seed, with the same optimizer
 paper's settings (lr 5e-4, betas 0.9/0.999, weight decay 1e-4, constant lr), also for LLaMA-Adapter V2 and eP-ALM,
 so that only the adapter differs. Every arm (stage 1 too) reaches that lr by a linear warm-up from 0 over
 --warmup-steps steps and clips the gradient norm to --max-grad-norm: without them the PaLM2-VAdapter arms spiked
-early. Training reads cached tower features (`get_image_features`): only the adapter and the LM run per step.
+early. Training reads cached tower features (`get_vision_features`): only the adapter and the LM run per step.
 Rows: the captions and the five question types of the synthetic train split, one epoch, shuffled once with the seed.
 The validation loss (over every supervised token of a fixed validation set) is taken every --eval-every steps; at the
 end each arm answers the questions of a few test and test_heldout images (greedy), scored by exact match per question
@@ -160,7 +160,7 @@ class FeatureCache:
         key = (split, tuple(config.feature_layers), config.feature_select, config.feature_norm)
         if key not in self.features:
             pixels = self.splits[split].pixel_values
-            self.features[key] = torch.cat([model.get_image_features(chunk) for chunk in pixels.split(32)])
+            self.features[key] = torch.cat([model.get_vision_features(chunk) for chunk in pixels.split(32)])
         return self.features[key]  # [N_img, T, L, S, Dv]
 
 

@@ -42,7 +42,7 @@ def train_step(model, batch, **overrides):
 
 def floor_step(model, batch):
     """Frozen tower forward (no grad) + frozen LM forward/backward w.r.t. its inputs, same tokens and loss."""
-    model.get_image_features(batch["pixel_values"])
+    model.get_vision_features(batch["pixel_values"])
     lm = model.language_model
     embeds = lm.get_input_embeddings()(batch["input_ids"].clamp(max=lm.config.vocab_size - 1)).detach()
     embeds.requires_grad_(True)
@@ -102,7 +102,7 @@ def bench_cache(args):
     for size in SIZES:
         model = build("mlp_projector", size)
         batch = make_batch(model, args.batch)
-        features = model.get_image_features(batch["pixel_values"])
+        features = model.get_vision_features(batch["pixel_values"])
         pixels, cached = median_times(
             [lambda: train_step(model, batch), lambda: train_step(model, batch, pixel_values=None, image_features=features)],
             args.repeats,
@@ -123,7 +123,7 @@ def bench_tower(args):
             whole, read = median_times(
                 [
                     lambda: model.vision_tower(pixel_values=pixels, output_hidden_states=True),
-                    lambda: model.get_image_features(pixels),
+                    lambda: model.get_vision_features(pixels),
                 ],
                 args.repeats,
             )
@@ -154,7 +154,7 @@ def bench_generate(args):
                     [
                         lambda: model.generate(**batch, **gen),
                         lambda: lm.generate(input_ids=text_ids, attention_mask=batch["attention_mask"], **gen),
-                        lambda: model.get_image_features(batch["pixel_values"]),
+                        lambda: model.get_vision_features(batch["pixel_values"]),
                     ],
                     args.repeats,
                     timer=time.perf_counter,

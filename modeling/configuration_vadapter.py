@@ -73,6 +73,15 @@ class VisionAdapterConfig(PretrainedConfig):
         return adapter_config_from_dict(self.adapter_config)
 
     @property
+    def vocab_size(self) -> Optional[int]:
+        """The LM's vocabulary size, where transformers code reads it (the placeholder id may lie beyond it)."""
+        return getattr(self.text_config, "vocab_size", None)
+
+    @vocab_size.setter
+    def vocab_size(self, value: int) -> None:
+        self.text_config.vocab_size = value
+
+    @property
     def vision_feature_layers(self):
         return self.adapter.feature_layers
 

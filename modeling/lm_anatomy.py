@@ -217,11 +217,15 @@ class LMAnatomy:
         return getattr(attn, self._spec.output)
 
     def project_output(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """``[B, S, nH*hd] -> [B, S, hidden]`` through the output projection's weight, without its bias."""
+        """``[B, S, nH*hd] -> [B, S, hidden]`` through the output projection's weight, without its bias; a
+        PEFT-wrapped projection adds its LoRA update."""
         projection = self.output_projection(attn)
-        if isinstance(projection, Conv1D):  # weight is [in, out]
-            return x @ projection.weight
-        return F.linear(x, projection.weight)
+        # A PEFT wrapper (LoRA) keeps the original module as its base layer: read the layout from the base.
+        base = projection.get_base_layer() if hasattr(projection, "get_base_layer") else projection
+        projected = x @ base.weight if isinstance(base, Conv1D) else F.linear(x, base.weight)  # Conv1D: [in, out]
+        if base is not projection:  # add the wrapper's low-rank update (zero while its adapters are disabled)
+            projected = projected + (projection(x) - base(x))
+        return projected
 
     def _project(self, attn: nn.Module, hidden_states: torch.Tensor, which: str) -> torch.Tensor:
         """The flat q, k or v projection ``[B, S, n*hd]``, through the attention's own module(s)."""

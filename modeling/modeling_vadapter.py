@@ -5,6 +5,7 @@ image features, the forward pass (placeholders -> visual tokens, loss at supervi
 and adapter-only save/load.
 """
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.dynamic_module_utils import custom_object_save
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.utils import cached_file
 
 from .adapter_config import ADAPTER_WEIGHTS_NAME, AdapterConfig
@@ -56,7 +57,7 @@ class VisionAdapterPreTrainedModel(PreTrainedModel):
     base_model_prefix = ""
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -115,7 +116,8 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         """Train the adapter; the frozen bases stay in eval mode (no dropout, fixed norm statistics).
 
         With gradient checkpointing on, the LM's checkpointed layers alone keep `training=mode`, because
-        transformers only checkpoints layers that are training; their submodules (dropouts) stay in eval.
+        transformers only checkpoints layers that are training; their submodules (dropouts) stay in eval. LoRA
+        layers that PEFT put into the LM are trained, so their dropout follows `mode`.
         """
         super().train(mode)
         self.vision_tower.eval()
@@ -123,6 +125,9 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         for module in self.language_model.modules():
             if getattr(module, "gradient_checkpointing", False):
                 module.training = mode
+            lora_dropout = getattr(module, "lora_dropout", None)  # PEFT's LoRA layers keep one per adapter name
+            if isinstance(lora_dropout, nn.ModuleDict):
+                lora_dropout.train(mode)
         return self
 
     def cast_language_model(self, dtype: torch.dtype) -> "VisionAdapterForCausalLM":
@@ -157,10 +162,25 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
     def get_decoder(self) -> nn.Module:
         return self.language_model.get_decoder()
 
+    @property
+    def model(self) -> nn.Module:
+        """The LM's decoder stack (`LlamaModel`, GPT-2's `transformer`, ...), where `*ForCausalLM` code looks for it."""
+        return self.language_model.get_decoder()
+
+    def resize_token_embeddings(self, new_num_tokens: Optional[int] = None, pad_to_multiple_of=None, **kwargs):
+        """Resize the LM's input and output embeddings together and record the size in both configs.
+
+        Not needed for the image placeholder, whose id may lie outside the vocabulary; this is for new text tokens.
+        """
+        embeddings = self.language_model.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, **kwargs)
+        self.config.vocab_size = embeddings.num_embeddings
+        return embeddings
+
     # ----------------------------------------------------------------------------------------------- images
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Tower features the adapter reads, [B, T, L, S, Dv], from pixel_values [B, C, H, W] or [B, T, C, H, W]."""
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tower features the adapter reads, [B, T, L, S, Dv], from pixel_values [B, C, H, W] or [B, T, C, H, W]
+        (what a feature cache stores and `forward(image_features=...)` takes)."""
         check_pixel_values(pixel_values, self.config.vision_config.num_channels, self.config.image_size)
         adapter_config = self.config.adapter
         with torch.no_grad():
@@ -172,6 +192,24 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
                 adapter_config.feature_select,
                 adapter_config.feature_norm,
             )
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """The images as the LM receives them, as transformers' vision-language models return them.
+
+        `pooler_output`: the adapter's visual tokens, [N_img, N, D] (LLaMA-Adapter V2: the visual tokens it adds in
+        the early layers, [B, Nv, D]); `last_hidden_state`: the tower features it read, [B, T, L, S, Dv] (the same
+        as `get_vision_features`).
+        """
+        features = self.get_vision_features(pixel_values)
+        image_tokens, adapter_context = self._embed_image_features(features)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=features, pooler_output=image_tokens if image_tokens is not None else adapter_context
+        )
+
+    def _embed_image_features(self, image_features: torch.Tensor) -> Tuple[Optional[torch.Tensor], Any]:
+        """Tower features [B, T, L, S, Dv] -> (visual tokens for the placeholders, in-layer context)."""
+        adapter_dtype = next(self.adapter.parameters()).dtype
+        return self.adapter.embed_images(image_features.to(adapter_dtype))
 
     def _merge_image_tokens(
         self, input_ids: torch.Tensor, image_mask: torch.Tensor, image_tokens: Optional[torch.Tensor]
@@ -204,7 +242,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         pixel_values: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.LongTensor] = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: Optional[torch.Tensor] = None,
         labels: Optional[torch.LongTensor] = None,
         use_cache: Optional[bool] = None,
@@ -218,19 +256,22 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             input_ids: [B, S] token ids, with each image's placeholders already expanded by the processor.
             pixel_values: [N_img, C, H, W] images in placeholder order, or [B, T, C, H, W] frames.
             image_features: precomputed tower features [B, T, L, S, Dv] (a feature cache) instead of pixel_values.
-            labels: [B, S] targets, -100 where nothing is supervised. Logits and loss are computed at the
-                supervised positions only.
+            cache: the KV cache of earlier steps (transformers' `Cache`); `past_key_values` is accepted as its old
+                name.
+            labels: [B, S] targets, -100 where nothing is supervised (`labels=input_ids` works: image placeholder
+                positions are never supervised). Logits and loss are computed at the supervised positions only.
             adapter_context: the in-layer context of a previous prefill, carried by `generate`.
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if pixel_values is not None and image_features is None:
-            image_features = self.get_image_features(pixel_values)
+            image_features = self.get_vision_features(pixel_values)
         image_tokens = None
         if image_features is not None:
-            adapter_dtype = next(self.adapter.parameters()).dtype
-            image_tokens, adapter_context = self.adapter.embed_images(image_features.to(adapter_dtype))
+            image_tokens, adapter_context = self._embed_image_features(image_features)
         image_mask = None
         if input_ids is not None:
             image_mask = input_ids == self.config.image_token_id  # [B, S]
@@ -242,6 +283,8 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             # Positions follow the mask, so left-padded rows see the same positions as unpadded single runs.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
         if labels is not None:
+            if image_mask is not None:  # labels=input_ids (HF style) would supervise placeholder ids
+                labels = labels.masked_fill(image_mask, -100)
             # Logit at t predicts token t + 1: keep only positions whose next token is supervised.
             next_labels = labels[:, 1:]
             logits_to_keep = torch.zeros_like(labels, dtype=torch.bool)
@@ -252,7 +295,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                **{_cache_argument_name(self.language_model): cache},
                 use_cache=use_cache,
                 logits_to_keep=logits_to_keep,
                 **kwargs,
@@ -266,7 +309,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         return VisionAdapterOutputWithPast(
             loss=loss,
             logits=outputs.logits,
-            past_key_values=outputs.past_key_values,
+            **{_cache_field_name(): _output_cache(outputs)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             adapter_context=adapter_context if self.adapter.context_persists else None,
@@ -340,8 +383,8 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         if init_adapter_weights:
             model.adapter.load_initial_weights(**_hub_only(load_kwargs))
         model.generation_config = language_model.generation_config
-        if dtype is not None:
-            model.adapter.to(dtype)
+        if dtype is not None:  # "auto": the adapter takes the dtype the LM was stored in
+            model.adapter.to(language_model.dtype if dtype == "auto" else dtype)
         return model.train(False)
 
     # ----------------------------------------------------------------------------------------------- adapter I/O
@@ -385,7 +428,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         custom_object_save(self, folder, config=self.config)
         self.config.save_pretrained(folder)
 
-    def load_adapter(self, path: Union[str, os.PathLike]) -> None:
+    def load_vision_adapter(self, path: Union[str, os.PathLike]) -> None:
         """Load adapter weights from a folder or an `adapter_model.safetensors` file, checking every key and shape."""
         path = Path(path)
         state = load_safetensors(path / ADAPTER_WEIGHTS_NAME if path.is_dir() else path)
@@ -447,7 +490,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             **{**hub_kwargs, **kwargs},
         )
         _check_same_bases(config, model.config)
-        model.load_adapter(weights_file)
+        model.load_vision_adapter(weights_file)
         return model
 
     @classmethod
@@ -459,6 +502,21 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             loader_kwargs = {k: kwargs[k] for k in ("dtype", "attn_implementation", *hub_kwargs) if k in kwargs}
             return cls.from_adapter_pretrained(pretrained_model_name_or_path, revision=revision, **loader_kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+
+def _cache_argument_name(language_model: nn.Module) -> str:
+    """`cache` for LMs of transformers releases that renamed `past_key_values` (5.2x), else the old name."""
+    parameters = inspect.signature(language_model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def _cache_field_name() -> str:
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _output_cache(outputs) -> Any:
+    """The cache an LM output holds, read without the deprecated name when the release has the new one."""
+    return outputs.get(_cache_field_name())
 
 
 def load_vision_tower(name_or_path: str, revision: Optional[str] = None, **kwargs) -> PreTrainedModel:

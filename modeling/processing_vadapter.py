@@ -12,6 +12,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.utils import is_torchvision_available, logging
 
+from .chat_messages import PLAIN_CHAT_TEMPLATE, flatten_conversations, is_templated, template_markers
 from .errors import ImageTokenMismatchError, InvalidImageError, InvalidPromptError
 
 logger = logging.get_logger(__name__)
@@ -88,7 +89,8 @@ class VisionAdapterProcessor(ProcessorMixin):
         tokenizer: the LM's tokenizer. `image_token` is added to it as a special token when missing.
         num_image_tokens: placeholders per image (the model config's `num_image_tokens`).
         image_token: the placeholder string users write in prompts.
-        use_chat_template: wrap prompts in the tokenizer's chat template as one user turn, when it has one.
+        use_chat_template: wrap prompts in the chat template (`chat_template`, else the tokenizer's) as one user
+            turn, when there is one. Off, prompts and chat messages go to the LM in the plain format.
         image_placement: where the images go in a prompt that holds no placeholder: `"start"` (before the text, the
             usual convention) or `"end"` (after it, so the visual tokens can attend to the question).
     """
@@ -146,12 +148,51 @@ class VisionAdapterProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------------------------------ text
 
+    def lm_chat_template(self) -> Optional[str]:
+        """The template prompts are wrapped in when `use_chat_template` is on: the processor's own `chat_template`,
+        else the tokenizer's. None means prompts go to the LM as plain text."""
+        if not self.use_chat_template:
+            return None
+        return self.chat_template or getattr(self.tokenizer, "chat_template", None) or None
+
     def format_prompt(self, prompt: str) -> str:
-        """The prompt as the LM expects it: one user turn of its chat template, or the plain text."""
-        if self.use_chat_template and getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": prompt}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return prompt
+        """The prompt as the LM expects it: one user turn of its chat template, or the plain text. A prompt already
+        rendered with the template (by `apply_chat_template`) is returned as it is."""
+        template = self.lm_chat_template()
+        if template is None or is_templated(prompt, self._template_markers(template)):
+            return prompt
+        messages = [{"role": "user", "content": prompt}]
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+
+    def _template_markers(self, template: str) -> Tuple[str, str, str]:
+        cached = getattr(self, "_markers_cache", None)
+        if cached is None or cached[0] != template:
+            render = lambda messages, generation: self.tokenizer.apply_chat_template(  # noqa: E731
+                messages, chat_template=template, tokenize=False, add_generation_prompt=generation
+            )
+            self._markers_cache = (template, template_markers(template, render))
+        return self._markers_cache[1]
+
+    def apply_chat_template(self, conversation, chat_template: Optional[str] = None, **kwargs):
+        """Render chat messages, as transformers' multimodal processors do; with `tokenize=True, return_dict=True`
+        the result holds `input_ids`, `attention_mask` and `pixel_values`, ready for `model.generate(**inputs)`.
+
+        Content lists are rendered with `image_token` where each `{"type": "image"}` block stands; images given in
+        the blocks (PIL image, local path, `"path"` or `"url"` keys) become `pixel_values`. The template is
+        `chat_template`, else `lm_chat_template()`, else `PLAIN_CHAT_TEMPLATE` (turns one per line; one user turn
+        renders as its bare text).
+        """
+        conversations, is_batched = self._normalize_conversations(conversation)
+        flat, images = flatten_conversations(conversations, self.image_token)
+        processor_kwargs = dict(kwargs.pop("processor_kwargs", None) or {})
+        if any(images) and "images" not in processor_kwargs:
+            processor_kwargs["images"] = images if is_batched else images[0]
+        template = chat_template or self.lm_chat_template() or PLAIN_CHAT_TEMPLATE
+        return super().apply_chat_template(
+            flat if is_batched else flat[0], chat_template=template, processor_kwargs=processor_kwargs, **kwargs
+        )
 
     def with_placeholders(self, prompt: str, num_images: int) -> str:
         """The prompt with `num_images` placeholders at `image_placement`, unless it already holds some."""
@@ -172,7 +213,8 @@ class VisionAdapterProcessor(ProcessorMixin):
                 "were given for it. Write one placeholder per image (or none, to put the images first)."
             )
         text = self.format_prompt(prompt)
-        add_special = not (self.use_chat_template and getattr(self.tokenizer, "chat_template", None))
+        # A templated prompt carries the special tokens its template writes (as tokenizers' apply_chat_template).
+        add_special = self.lm_chat_template() is None
         ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
         expanded: List[int] = []
         for token_id in ids:

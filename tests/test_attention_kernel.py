@@ -21,7 +21,7 @@ def test_every_lm_layer_attends_through_sdpa(tiny_bases, lm, adapter):
     model, processor = build_model(*tiny_bases("clip", lm), ADAPTERS[adapter]())
     assert model.language_model.config._attn_implementation == "sdpa"
     inputs = processor(images=[random_image(0)], text=["what color is the circle?"], text_target=["red."])
-    inputs["image_features"] = model.get_image_features(inputs.pop("pixel_values"))  # the tower's own sdpa calls
+    inputs["image_features"] = model.get_vision_features(inputs.pop("pixel_values"))  # the tower's own sdpa calls
     sdpa = torch.nn.functional.scaled_dot_product_attention
     with mock.patch("torch.nn.functional.scaled_dot_product_attention", wraps=sdpa) as calls:
         model.language_model(input_ids=inputs["input_ids"].clamp(max=0))  # the bare LM, for its own count

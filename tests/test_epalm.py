@@ -198,7 +198,7 @@ def test_trains_on_colour_task_and_saves(bases, tmp_path, lm):
     adapter_before = {k: v.clone() for k, v in model.adapter.state_dict().items()}
 
     batch = _colour_batch(processor, list(COLOURS))
-    features = model.get_image_features(batch.pop("pixel_values"))  # the tower is frozen: a feature cache
+    features = model.get_vision_features(batch.pop("pixel_values"))  # the tower is frozen: a feature cache
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
     losses = []

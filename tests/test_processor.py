@@ -136,7 +136,7 @@ def test_generation_from_cached_features_equals_generation_from_pixels(tiny_base
     model, processor = build_model(*tiny_bases("dinov2", "qwen2"), hf_vadapter.MLPProjectorConfig(pool_size=2))
     images = [random_image(0), random_image(1)]
     from_pixels = processor(images=images, text=["what color?", "describe it."])
-    features = model.get_image_features(from_pixels["pixel_values"])
+    features = model.get_vision_features(from_pixels["pixel_values"])
     from_cache = processor(text=["<image>\nwhat color?", "<image>\ndescribe it."])
     assert torch.equal(from_cache["input_ids"], from_pixels["input_ids"])
     settings = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)

@@ -63,7 +63,7 @@ def test_adapter_keys_that_do_not_match_are_explained(saved, tmp_path, tiny_base
     _, _, folder = saved
     other, _ = build_model(*tiny_bases("vit", "llama"), hf_vadapter.MLPProjectorConfig(num_layers=1, pool_size=2))
     with pytest.raises(hf_vadapter.CheckpointError, match="unexpected"):
-        other.load_adapter(folder)
+        other.load_vision_adapter(folder)
 
 
 def test_adapter_for_another_lm_width_is_a_backbone_mismatch(saved, tiny_bases):
@@ -78,7 +78,7 @@ def test_only_safetensors_are_loaded(tmp_path, saved):
     pickle_file = tmp_path / "adapter_model.bin"
     torch.save(model.adapter_state_dict(), pickle_file)
     with pytest.raises(hf_vadapter.CheckpointError, match="only .safetensors"):
-        model.load_adapter(pickle_file)
+        model.load_vision_adapter(pickle_file)
 
 
 def test_checkpoints_written_hold_no_pickle(saved):

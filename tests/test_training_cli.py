@@ -116,3 +116,44 @@ def test_train_then_evaluate_end_to_end(bases, tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert {"cider", "bleu", "vqa_accuracy", "vqa_accuracy_position"} <= set(metrics)
     assert len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()) == 12
+
+
+def _long_options(parser) -> set:
+    return {option for action in parser._actions for option in action.option_strings if option.startswith("--")}
+
+
+def test_every_subcommand_accepts_both_flag_spellings():
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in subparsers.items():
+        options = _long_options(sub)
+        for option in options:
+            assert "--" + option[2:].replace("-", "_") in options, (name, option)
+            assert "--" + option[2:].replace("_", "-") in options, (name, option)
+    generate = parser.parse_args(["generate", "ckpt", "image.png", "--max_new_tokens", "4", "--num_beams", "2"])
+    assert (generate.max_new_tokens, generate.num_beams) == (4, 2)
+    assert parser.parse_args(["quickstart", "--output_dir", "out"]).output_dir == "out"
+
+
+@pytest.mark.parametrize(
+    "columns, task, prompt",
+    [
+        (dict(text=["a red circle."]), "caption", "Describe the image."),
+        (dict(caption=["a red circle."]), "caption", "Describe the image."),
+        (dict(question=["what color is the circle?"], answer=["red"]), "vqa", "what color is the circle?"),
+    ],
+)
+def test_train_dataset_dir_with_common_columns_is_mapped(tmp_path, caplog, columns, task, prompt):
+    import datasets
+    from PIL import Image
+
+    from hf_vadapter.training.arguments import DataArguments
+    from hf_vadapter.training.data import load_splits
+
+    user = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8), (200, 0, 0))], **columns})
+    user.save_to_disk(str(tmp_path / "mine"))
+    with caplog.at_level("WARNING"):
+        train, _ = load_splits(DataArguments(dataset=str(tmp_path / "mine")))
+    assert (train[0]["task"], train[0]["prompt"]) == (task, prompt)
+    assert train[0]["target"] in ("a red circle.", "red")
+    assert any("from_user_dataset(image_column='image'" in record.getMessage() for record in caplog.records)

@@ -13,6 +13,7 @@ from transformers import (
     AutoProcessor,
 )
 
+from .lora import lora_for_language_model
 from .modeling.adapter_config import AdapterConfig
 from .modeling.adapters import ADAPTER_REGISTRY
 from .modeling.configuration_vadapter import VisionAdapterConfig
@@ -60,4 +61,5 @@ __all__ = [
     "VisionAdapterForCausalLM",
     "VisionAdapterProcessor",
     "__version__",
+    "lora_for_language_model",
 ]

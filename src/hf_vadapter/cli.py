@@ -50,7 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, configure, parents) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text, parents=parents() if parents else [])
         sub.set_defaults(handler=configure(sub))
+        accept_both_spellings(sub)
     return parser
+
+
+def accept_both_spellings(parser: argparse.ArgumentParser) -> None:
+    """Let every `--long-flag` also be written `--long_flag` and the other way round, as transformers users write
+    `--max_new_tokens` and shell users `--max-new-tokens`."""
+    for action in list(parser._actions):
+        for option in list(action.option_strings):
+            if not option.startswith("--"):
+                continue
+            body = option[2:]
+            for other in ("--" + body.replace("-", "_"), "--" + body.replace("_", "-")):
+                if other not in parser._option_string_actions:
+                    action.option_strings.append(other)
+                    parser._option_string_actions[other] = action
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,6 +1,13 @@
 """Built-in data: synthetic scenes, bundled real photos, and readers for user data formats."""
 
-from .formats import coco_image_index, from_user_dataset, read_coco_captions, read_imagefolder, read_vqa_v2
+from .formats import (
+    coco_image_index,
+    from_user_dataset,
+    read_coco_captions,
+    read_imagefolder,
+    read_vqa_v2,
+    to_example_schema,
+)
 from .photos import build_photo_dataset, load_photo, photo_names
 from .schema import (
     CAPTION_PROMPT,
@@ -38,6 +45,7 @@ __all__ = [
     "build_synthetic_splits",
     "coco_image_index",
     "from_user_dataset",
+    "to_example_schema",
     "load_photo",
     "photo_names",
     "read_coco_captions",

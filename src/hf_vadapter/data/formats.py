@@ -328,3 +328,30 @@ def from_user_dataset(
     return ds.map(
         to_schema, batched=True, with_indices=True, remove_columns=ds.column_names, features=EXAMPLE_FEATURES
     )
+
+
+# The column layouts of user data sets mapped without being asked, first match wins:
+# (columns that must exist, from_user_dataset arguments).
+COMMON_LAYOUTS = (
+    (("image", "question", "answer"), dict(text_column="answer", prompt_column="question", task=VQA_TASK)),
+    (("image", "caption"), dict(text_column="caption")),
+    (("image", "text"), dict(text_column="text")),
+)
+
+
+def to_example_schema(ds: datasets.Dataset, name: str = "the data set") -> datasets.Dataset:
+    """`ds` itself when it follows the example schema, else mapped by `from_user_dataset` from the first of
+    `COMMON_LAYOUTS` its columns hold (image + question + answer, image + caption, image + text), with a log line
+    saying which mapping was used. Other layouts are returned as they are, for the schema check to name them."""
+    if all(column in ds.column_names for column in EXAMPLE_FEATURES):
+        return ds
+    for columns, mapping in COMMON_LAYOUTS:
+        if all(column in ds.column_names for column in columns):
+            arguments = ", ".join(f"{key}={value!r}" for key, value in mapping.items())
+            logger.warning(
+                "%s has the columns %s, not the example schema: mapping it with "
+                "from_user_dataset(image_column='image', %s).",
+                name, ds.column_names, arguments,
+            )
+            return from_user_dataset(ds, "image", **mapping)
+    return ds

@@ -55,7 +55,7 @@ def load_adapter_checkpoint(model, folder: PathLike) -> None:
     """Load the adapter weights of a checkpoint folder into `model` (every key and shape checked)."""
     if not is_adapter_checkpoint(folder):
         raise CheckpointError(f"{folder} holds no {ADAPTER_WEIGHTS_NAME}; it is not an adapter checkpoint.")
-    model.load_adapter(folder)
+    model.load_vision_adapter(folder)
 
 
 def staging_name(checkpoint_name: str) -> str:

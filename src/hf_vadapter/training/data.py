@@ -16,6 +16,7 @@ from ..data import (
     read_coco_captions,
     read_imagefolder,
     read_vqa_v2,
+    to_example_schema,
     validate_example_dataset,
 )
 from .arguments import DataArguments
@@ -92,10 +93,10 @@ def load_splits(args: DataArguments) -> Tuple[datasets.Dataset, Optional[dataset
             train = train.select(range(len(train) - holdout))
     else:
         path = Path(kind)
-        train = _saved_split(str(path), args.train_split)
+        train = to_example_schema(_saved_split(str(path), args.train_split), f"{path} ({args.train_split})")
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict) and args.eval_split in loaded:
-            evaluation = loaded[args.eval_split]
+            evaluation = to_example_schema(loaded[args.eval_split], f"{path} ({args.eval_split})")
     validate_example_dataset(train)
     train = _first(_keep_tasks(train, args), args.max_train_samples)
     if evaluation is not None:
@@ -134,6 +135,6 @@ def load_eval_split(args: DataArguments, split: Optional[str] = None) -> dataset
         else:
             ds = _read_files(kind, args.data_dir, args.annotations_file, args.questions_file)
     else:
-        ds = _saved_split(kind, split)
+        ds = to_example_schema(_saved_split(kind, split), f"{kind} ({split})")
     validate_example_dataset(ds)
     return _first(_keep_tasks(ds, args), args.max_eval_samples)

@@ -263,7 +263,7 @@ class FeatureCache:
         pil = [decode_image(image) for image in images]
         pixel_values = self.image_processor(pil, return_tensors="pt")["pixel_values"]
         device = self.model.vision_tower.device
-        features = self.model.get_image_features(pixel_values.to(device))
+        features = self.model.get_vision_features(pixel_values.to(device))
         return features.to("cpu", getattr(torch, self.storage_dtype))
 
     def _write_shard(self, digests: List[str], image_of) -> None:

@@ -73,7 +73,7 @@ def cached_features(model, processor, datasets_by_split, seed: int) -> Dict[str,
         chunks = []
         for start in range(0, len(images), 64):
             pixels = processor.image_processor(images[start : start + 64], return_tensors="pt")["pixel_values"]
-            chunks.append(model.get_image_features(pixels).half())
+            chunks.append(model.get_vision_features(pixels).half())
             print(f"  features {split}: {start + len(pixels)}/{len(images)}", flush=True)
         features[split] = torch.cat(chunks)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,11 @@ import threading
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Union
 
+from transformers.utils import logging
+
 from .errors import CheckpointError
 
+logger = logging.get_logger(__name__)
 PathLike = Union[str, os.PathLike]
 MANIFEST_NAME = "vadapter_manifest.json"
 TEMP_PREFIX = ".vadapter-tmp-"
@@ -108,6 +111,27 @@ def checkpoint_file_names(folder: PathLike) -> Optional[List[str]]:
     verify_checkpoint(folder)
     manifest = read_manifest(folder)
     return None if manifest is None else sorted(manifest["files"])
+
+
+def warn_on_code_skew(folder: PathLike) -> List[str]:
+    """Warn when the folder's remote-code files differ from the code running now, and return their names.
+
+    In a process that imported hf_vadapter, the installed code runs, not the folder's copy (see docs/reliability.md).
+    """
+    own = Path(__file__).parent
+    differing = sorted(
+        path.name
+        for path in Path(folder).glob("*.py")
+        if path.is_file() and (own / path.name).is_file() and path.read_bytes() != (own / path.name).read_bytes()
+    )
+    if differing:
+        logger.warning(
+            "The remote-code files %s in %s differ from the hf_vadapter code running here (%s), which is what runs: "
+            "the checkpoint was saved by another hf_vadapter version, or its code was edited. Results may differ "
+            "from a load with trust_remote_code and without hf_vadapter; re-save the checkpoint with this version.",
+            differing, folder, own,
+        )
+    return differing
 
 
 # ---------------------------------------------------------------------------------------------------- writing

@@ -29,7 +29,7 @@ from .errors import (
 )
 from .mlp_projector import MLPProjectorConfig
 from .processing_vadapter import image_size_of, placeholder_token_id
-from .checkpoint_files import checkpoint_writer, verify_checkpoint
+from .checkpoint_files import checkpoint_writer, verify_checkpoint, warn_on_code_skew
 from .safe_io import load_safetensors, save_safetensors
 from .vision_features import VisionGeometry, check_pixel_values, select_features
 
@@ -436,6 +436,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARG_NAMES if k in kwargs}
         if os.path.isdir(adapter_name_or_path):
             verify_checkpoint(adapter_name_or_path)
+            warn_on_code_skew(adapter_name_or_path)
         config_file = _resolve(adapter_name_or_path, "config.json", revision, hub_kwargs)
         weights_file = _resolve(adapter_name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs)
         config = VisionAdapterConfig.from_json_file(config_file)
@@ -473,6 +474,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             return cls.from_adapter_pretrained(pretrained_model_name_or_path, revision=revision, **loader_kwargs)
         if os.path.isdir(pretrained_model_name_or_path):
             verify_checkpoint(pretrained_model_name_or_path)
+            warn_on_code_skew(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
 

@@ -292,3 +292,18 @@ def test_a_stray_file_is_neither_carried_by_later_saves_nor_pushed(model_and_pro
     (folder / MANIFEST_NAME).unlink()  # as saved by an older hf_vadapter: which files belong is unknown
     with pytest.raises(hf_vadapter.CheckpointError, match=f"has no {MANIFEST_NAME}"):
         push_adapter(folder, "org/my-adapter", dry_run=True)
+
+
+def test_remote_code_that_differs_from_the_installed_code_is_warned_about(model_and_processor, tmp_path, caplog):
+    model, processor = model_and_processor
+    folder = tmp_path / "adapter"
+    model.save_adapter(folder, processor=processor)
+    with caplog.at_level("WARNING", logger="hf_vadapter.modeling.checkpoint_files"):
+        hf_vadapter.VisionAdapterForCausalLM.from_adapter_pretrained(folder)
+    assert "differ from the hf_vadapter code running here" not in caplog.text
+    (folder / MANIFEST_NAME).unlink()  # as an older hf_vadapter would have saved it, with its own code
+    with open(folder / "mlp_projector.py", "a") as handle:
+        handle.write("# another version\n")
+    with caplog.at_level("WARNING", logger="hf_vadapter.modeling.checkpoint_files"):
+        hf_vadapter.VisionAdapterForCausalLM.from_adapter_pretrained(folder)
+    assert "['mlp_projector.py']" in caplog.text and "differ from the hf_vadapter code running here" in caplog.text

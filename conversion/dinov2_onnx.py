@@ -28,6 +28,7 @@ from PIL import Image
 from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
+from hf_vadapter.modeling.checkpoint_files import sha256_file
 from hf_vadapter.modeling.errors import CheckpointError
 
 from .cache import (
@@ -38,7 +39,6 @@ from .cache import (
     installed_version,
     log,
     require_module,
-    sha256_of,
     stage,
 )
 
@@ -133,7 +133,7 @@ def _convert_into(folder: Path, verify: bool) -> Dict[str, Any]:
             "package": DISTRIBUTION,
             "version": installed_version(DISTRIBUTION),
             "file": ONNX_FILE,
-            "sha256": sha256_of(onnx_path),
+            "sha256": sha256_file(onnx_path),
         },
         "architecture": type(model).__name__,
         "num_parameters": model.num_parameters(),

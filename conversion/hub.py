@@ -2,19 +2,23 @@
 
 `push_adapter(folder, "user/repo")` checks the folder (`inspect_checkpoint`), writes a model card, and uploads in
 one commit with the real `huggingface_hub` client: `create_repo`, `create_branch` for a new branch, then
-`create_commit`. What goes up:
+`create_commit`. What goes up is exactly the checkpoint that `vadapter_manifest.json` lists (the files the last
+`save_adapter` / `save_pretrained` wrote, checked against their recorded sizes and hashes) plus the model card; every
+other file in the folder is left local and listed in `PushResult.skipped`. A folder without a manifest (saved by an
+older hf_vadapter) is refused: re-save it. The manifest of an adapter save holds:
 
 - `adapter_model.safetensors` and `config.json` (with `auto_map`, the base ids and revisions, and the adapter config
   as its `adapter_config` entry) and `vadapter_config.json`, as `model.save_adapter(folder, processor=processor)`
   writes them;
 - the remote-code `.py` files next to them, so `trust_remote_code=True` loads the repo without hf_vadapter;
 - the processor files (processor, image processor and tokenizer configs, tokenizer files, chat template);
-- the training metrics files the model card reads (`training_info.json`, `*_results.json`);
-- `README.md`: the folder's own if it has one, otherwise a generated card (see `model_card.py`).
+- the manifest itself.
 
-Nothing else: the frozen bases' weights never go up unless `include_base=True` (then the folder must be a full
-`model.save_pretrained` save and the repo redistributes the bases), and optimizer states, pickles, sub-folders
-(`checkpoint-*`, `runs/`), `trainer_state.json` and `run_config.json` stay local. Remote files a previous push left that would now be
+`README.md` is the folder's own if it has one, otherwise a generated card (see `model_card.py`) that reads the
+training metrics files (`training_info.json`, `*_results.json`) locally. The frozen bases' weights never go up unless
+`include_base=True` (then the folder must be a full `model.save_pretrained(folder, processor=processor)` save and the
+repo redistributes the bases), and optimizer states, pickles, sub-folders (`checkpoint-*`, `runs/`),
+`trainer_state.json` and `run_config.json` stay local even when listed. Remote files a previous push left that would now be
 stale (`*.py`, weight files) are deleted in the same commit, so a repo that once held a full save cannot keep
 being loaded as one.
 
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hf_vadapter.modeling.adapter_config import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+from hf_vadapter.modeling.checkpoint_files import MANIFEST_NAME, read_manifest, verify_checkpoint
 from hf_vadapter.modeling.errors import CheckpointError, VisionAdapterError
 
 from .model_card import RUN_CONFIG_NAME, TRAINER_STATE_NAME, is_hub_id, read_training_info, render_model_card
@@ -164,13 +169,21 @@ def inspect_checkpoint(folder, *, include_base: bool = False, allow_local_bases:
     `adapter.*` (and adapter-trained `language_model.*`) tensors, finite; `config.json` of a `vision_adapter` model
     whose `auto_map` modules are present and whose bases are Hub ids; the processor files; and no base weights.
     With `include_base`: a full save (`model.safetensors` or its index and shards) instead of the adapter files.
-    Raises `CheckpointError` naming the first problem found.
+    Only files listed in the folder's `vadapter_manifest.json` count, and they must match it. Raises
+    `CheckpointError` naming the first problem found.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder. {_SAVE_HINT}")
-    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    subfolders = sorted(f"{p.name}/" for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise CheckpointError(
+            f"{folder} has no {MANIFEST_NAME}, so which of its files form the checkpoint is unknown (it was saved by "
+            f"an older hf_vadapter, or assembled by hand). Load it and save it again. {_SAVE_HINT}"
+        )
+    present = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    # The checkpoint's own files: what the manifest lists and is still a regular file here.
+    names = sorted(n for n in manifest["files"] if (folder / n).is_file() and not (folder / n).is_symlink())
 
     model_config = _read_json_file(folder / CONFIG_NAME, "the model config with auto_map")
     if model_config.get("model_type") != "vision_adapter":
@@ -212,6 +225,7 @@ def inspect_checkpoint(folder, *, include_base: bool = False, allow_local_bases:
         if ADAPTER_WEIGHTS_NAME in names:
             weight_files.append(ADAPTER_WEIGHTS_NAME)
     else:
+        base_weights = [name for name in present if _matches(name, BASE_WEIGHT_PATTERNS)]
         if base_weights:
             raise CheckpointError(
                 f"{folder} holds full-model weights {base_weights}, which include the frozen bases. An adapter-only "
@@ -247,20 +261,26 @@ def inspect_checkpoint(folder, *, include_base: bool = False, allow_local_bases:
 
     if PROCESSOR_CONFIG_NAME not in names or not any(name in names for name in TOKENIZER_FILES):
         raise CheckpointError(
-            f"{folder} has no processor files ({PROCESSOR_CONFIG_NAME} and a tokenizer file), so "
-            "`AutoProcessor.from_pretrained` could not load the repo. Save with "
-            "`model.save_adapter(folder, processor=processor)`."
+            f"{folder} has no processor files ({PROCESSOR_CONFIG_NAME} and a tokenizer file) in its checkpoint "
+            f"({MANIFEST_NAME}), so `AutoProcessor.from_pretrained` could not load the repo. Save with "
+            "`model.save_adapter(folder, processor=processor)` (or `model.save_pretrained(folder, processor=processor)`)."
         )
     _check_auto_map(folder, _read_json_file(folder / PROCESSOR_CONFIG_NAME, "the processor config"), PROCESSOR_CONFIG_NAME)
 
-    files, skipped = list(weight_files), list(subfolders)
-    for name in names:
-        if name in weight_files:
-            continue
-        if name.endswith(UPLOAD_SUFFIXES) and name not in NEVER_UPLOAD and not _matches(name, BASE_WEIGHT_PATTERNS):
-            files.append(name)
-        else:
-            skipped.append(name)
+    verify_checkpoint(folder)
+    files = list(weight_files) + [
+        name
+        for name in names + [MANIFEST_NAME]
+        if name not in weight_files
+        and name.endswith(UPLOAD_SUFFIXES)
+        and name not in NEVER_UPLOAD
+        and not _matches(name, BASE_WEIGHT_PATTERNS)
+    ]
+    skipped = [
+        f"{name}/" if (folder / name).is_dir() else name
+        for name in present
+        if name not in files and name != "README.md"  # the folder's README.md goes up as the model card
+    ]
     return CheckpointSummary(
         folder=folder,
         adapter_config=adapter_config,

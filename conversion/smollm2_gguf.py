@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from hf_vadapter.modeling.checkpoint_files import sha256_file
 from hf_vadapter.modeling.errors import CheckpointError
 
 from .cache import (
@@ -23,7 +24,6 @@ from .cache import (
     installed_version,
     log,
     require_module,
-    sha256_of,
     stage,
 )
 
@@ -80,7 +80,7 @@ def _convert_into(folder: Path, verify: bool) -> Dict[str, Any]:
             "package": DISTRIBUTION,
             "version": installed_version(DISTRIBUTION),
             "file": GGUF_FILE,
-            "sha256": sha256_of(gguf_path),
+            "sha256": sha256_file(gguf_path),
         },
         "architecture": type(model).__name__,
         "num_parameters": model.num_parameters(),

@@ -30,7 +30,8 @@ from .errors import (
 )
 from .mlp_projector import MLPProjectorConfig
 from .processing_vadapter import image_size_of, placeholder_token_id
-from .safe_io import atomic_directory, load_safetensors, save_safetensors
+from .checkpoint_files import checkpoint_writer, verify_checkpoint, warn_on_code_skew
+from .safe_io import load_safetensors, save_safetensors
 from .vision_features import VisionGeometry, check_pixel_values, select_features
 
 FULL_WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json")
@@ -397,24 +398,32 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         }
 
     def save_adapter(self, save_directory: Union[str, os.PathLike], processor=None) -> None:
-        """Write an adapter-only checkpoint, atomically.
+        """Write an adapter-only checkpoint into `save_directory`, crash-safely.
 
         The folder gets `adapter_model.safetensors`, `vadapter_config.json` (with the base ids and revisions), the
-        model `config.json` with `auto_map` and the remote-code files, and the processor when given: everything
-        needed to rebuild the model on the unmodified bases.
+        model `config.json` with `auto_map` and the remote-code files, the processor when given, and
+        `vadapter_manifest.json` listing them: everything needed to rebuild the model on the unmodified bases.
+        Other files in the folder are left alone (see `checkpoint_files.py`).
         """
-        with atomic_directory(save_directory, merge_existing=True) as staging:
-            save_safetensors(self.adapter_state_dict(), staging / ADAPTER_WEIGHTS_NAME)
-            self.config.adapter.save_pretrained(staging)
-            self._save_config_with_code(staging)
-            if processor is not None:
-                processor.save_pretrained(staging)
+        with checkpoint_writer(save_directory) as staging:
+            self.write_adapter_files(staging, processor=processor)
 
-    def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
-        """Save the full model (bases included) atomically, with `auto_map` and the remote-code files."""
-        with atomic_directory(save_directory) as staging:
+    def write_adapter_files(self, folder: Path, processor=None) -> None:
+        """The files of an adapter-only checkpoint, written into `folder` as they are (no atomicity, no manifest)."""
+        save_safetensors(self.adapter_state_dict(), folder / ADAPTER_WEIGHTS_NAME)
+        self.config.adapter.save_pretrained(folder)
+        self._save_config_with_code(folder)
+        if processor is not None:
+            processor.save_pretrained(folder)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, processor=None, **kwargs) -> None:
+        """Save the full model (bases included) crash-safely, with `auto_map`, the remote-code files, the processor
+        when given, and `vadapter_manifest.json`; other files in the folder are left alone."""
+        with checkpoint_writer(save_directory) as staging:
             self._set_auto_map()
             super().save_pretrained(staging, *args, **kwargs)
+            if processor is not None:
+                processor.save_pretrained(staging)
 
     def _set_auto_map(self) -> None:
         module = type(self).__module__.split(".")[-1]
@@ -431,6 +440,8 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
     def load_vision_adapter(self, path: Union[str, os.PathLike]) -> None:
         """Load adapter weights from a folder or an `adapter_model.safetensors` file, checking every key and shape."""
         path = Path(path)
+        if path.is_dir():
+            verify_checkpoint(path)
         state = load_safetensors(path / ADAPTER_WEIGHTS_NAME if path.is_dir() else path)
         expected = self.adapter_state_dict()
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
@@ -466,6 +477,9 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         Pass `vision_model_name_or_path` / `text_model_name_or_path` to use other copies of the same bases.
         """
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARG_NAMES if k in kwargs}
+        if os.path.isdir(adapter_name_or_path):
+            verify_checkpoint(adapter_name_or_path)
+            warn_on_code_skew(adapter_name_or_path)
         config_file = _resolve(adapter_name_or_path, "config.json", revision, hub_kwargs)
         weights_file = _resolve(adapter_name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs)
         config = VisionAdapterConfig.from_json_file(config_file)
@@ -501,6 +515,9 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         if _is_adapter_only(pretrained_model_name_or_path, revision, hub_kwargs):
             loader_kwargs = {k: kwargs[k] for k in ("dtype", "attn_implementation", *hub_kwargs) if k in kwargs}
             return cls.from_adapter_pretrained(pretrained_model_name_or_path, revision=revision, **loader_kwargs)
+        if os.path.isdir(pretrained_model_name_or_path):
+            verify_checkpoint(pretrained_model_name_or_path)
+            warn_on_code_skew(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
 

@@ -1,7 +1,9 @@
-"""Atomic folder writes and checked safetensors reads.
+"""Atomic writes of folders the library owns whole, and checked safetensors reads.
 
-A save goes to a temporary sibling folder and is renamed into place only once every file is flushed, so a process
-killed mid-save leaves the previous checkpoint intact. Reads accept safetensors only (no pickle) and turn a truncated
+`atomic_directory` builds a folder that belongs to the library alone (a converted backbone in the cache, a
+Trainer's `checkpoint-N`) in a temporary sibling and renames it into place once every file is flushed, so a process
+killed mid-write leaves the previous one intact. Checkpoints saved into a user's folder go through
+`checkpoint_files.checkpoint_writer` instead, which never swaps the folder. Reads accept safetensors only (no pickle) and turn a truncated
 or corrupt file into a `CheckpointError` that names the file.
 """
 
@@ -36,19 +38,14 @@ def fsync_tree(folder: PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(target: PathLike, merge_existing: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces `target` in one rename.
-
-    With `merge_existing=True` the files already in `target` are copied in first, so a save that writes only some
-    files (an adapter next to a processor, say) keeps the others. On any exception the temporary folder is removed
-    and `target` is left as it was.
-    """
+def atomic_directory(target: PathLike) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces `target` in one rename. Only for folders the library owns
+    whole. On any exception the temporary folder is removed and `target` is left as it was."""
     target = Path(target).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(staging, 0o755)  # mkdtemp makes it 0700
     try:
-        if merge_existing and target.is_dir():
-            shutil.copytree(target, staging, dirs_exist_ok=True)
         yield staging
         promote_directory(staging, target)
     except BaseException:

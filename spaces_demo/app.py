@@ -26,13 +26,16 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: n
 import argparse
 import json
 import logging
+import math
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import gradio as gr
+import gradio.utils
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -73,6 +76,9 @@ PHOTO_EXAMPLES = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle", "chi
 NUM_SCENE_EXAMPLES = 4
 SCENE_EXAMPLE_SIZE = 224
 EXAMPLES_DIR = Path(tempfile.gettempdir()) / "hf_vadapter_demo_examples"
+
+# The one answer for every file path a client names that is not one of its own uploads, whether it exists or not.
+NOT_AN_UPLOAD = "That file was not uploaded to this demo; please upload the image again."
 
 WARNING = "⚠️ "  # every friendly message in the answer box starts with this
 SYSTEM_FONTS = ("ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif")
@@ -209,13 +215,49 @@ def metrics_markdown(found: Optional[Tuple[str, Dict[str, Any]]]) -> str:
 # ------------------------------------------------------------------------------------------------ inputs
 
 
+@dataclass
+class ClientFile:
+    """An image argument as a client sent it (Gradio's FileData payload, a bare {"path": ...} or a string): the
+    events run with preprocess=False, so the payload is not checked by Gradio and only `uploaded_path` opens it."""
+
+    payload: Any
+
+
+def upload_folder() -> Path:
+    """Where Gradio keeps the files it received as uploads (GRADIO_TEMP_DIR, else <tmp>/gradio), symlinks resolved."""
+    return Path(os.path.realpath(gradio.utils.get_upload_folder()))
+
+
+def uploaded_path(payload: Any) -> Optional[Path]:
+    """The real path of a file Gradio received as an upload, None for no image, else `FriendlyError(NOT_AN_UPLOAD)`.
+
+    The path is resolved (`..`, symlinks) before it is compared with the upload folder, and nothing outside that
+    folder is looked at, so the reply says nothing about which server files exist.
+    """
+    if isinstance(payload, dict):
+        payload = payload.get("path")
+    if payload is None or payload == "":
+        return None
+    if not isinstance(payload, str):
+        raise FriendlyError(NOT_AN_UPLOAD)
+    real = Path(os.path.realpath(payload))
+    root = upload_folder()
+    if real == root or root not in real.parents or not real.is_file():
+        raise FriendlyError(NOT_AN_UPLOAD)
+    return real
+
+
 def read_image(image: Any) -> Tuple[Image.Image, List[str]]:
     """An RGB PIL image from an upload (Gradio's file payload or a path), a PIL image or an array, plus notes.
 
-    Nothing is decoded before the size check: empty files, unreadable files and images over the processor's pixel
-    limit (decompression bombs included) raise `FriendlyError` / `InvalidImageError` with a message for the user.
+    A `ClientFile` (what the server's events pass) opens only Gradio's own uploads; paths from Python callers are
+    opened as given. Nothing is decoded before the size check: empty files, unreadable or truncated files and images
+    over the processor's pixel limit (decompression bombs included) raise `FriendlyError` / `InvalidImageError`
+    with a message for the user.
     """
-    if isinstance(image, dict):  # Gradio's FileData payload (the events run with preprocess=False)
+    if isinstance(image, ClientFile):
+        image = uploaded_path(image.payload)
+    if isinstance(image, dict):  # a FileData payload from a Python caller
         image = image.get("path")
     if image is None or (isinstance(image, str) and not image):
         raise FriendlyError("Please upload an image (or click one of the examples) first.")
@@ -239,7 +281,14 @@ def read_image(image: Any) -> Tuple[Image.Image, List[str]]:
         except (TypeError, ValueError):
             raise FriendlyError(f"An array of shape {image.shape} is not an image.") from None
     mode = getattr(image, "mode", None)
-    rgb = to_rgb(image)  # raises InvalidImageError for empty or oversized images, before decoding any pixel
+    try:
+        rgb = to_rgb(image)  # raises InvalidImageError for empty or oversized images, before decoding any pixel
+        rgb.load()
+    except OSError:
+        raise FriendlyError(
+            "The image file is truncated or damaged: only part of it could be decoded. Please upload the complete "
+            "file again."
+        ) from None
     try:
         rgb = ImageOps.exif_transpose(rgb)  # phone photos: upright as shown in the browser
     except Exception:  # noqa: BLE001 - a broken EXIF block is not worth refusing the image for
@@ -266,6 +315,8 @@ def generation_kwargs(max_new_tokens: Any, decoding: Any, num_beams: Any, temper
         temperature = float(temperature)
     except (TypeError, ValueError):
         raise FriendlyError("The generation settings must be numbers.") from None
+    if not math.isfinite(temperature):
+        raise FriendlyError(f"The temperature must be a number from 0.05 to 2.0, not {temperature}.")
     kwargs: Dict[str, Any] = {"max_new_tokens": min(max(max_new_tokens, 1), MAX_NEW_TOKENS)}
     if decoding == "beam search":
         kwargs.update(do_sample=False, num_beams=min(max(num_beams, 2), MAX_BEAMS))
@@ -624,9 +675,19 @@ def build_demo(
         # preprocess=False: handlers get the upload's file payload and open it themselves (read_image), so a
         # decompression bomb or an unreadable file becomes a message instead of a Gradio error.
         common = dict(concurrency_id="generate", concurrency_limit=concurrency_limit, preprocess=False)
-        caption_button.click(demo_model.caption, [caption_image, *settings], [caption_text, caption_status],
+        # The events wrap the image payload in ClientFile: only Gradio's own uploads are opened.
+
+        def caption(image, max_new_tokens, decoding, num_beams, temperature, expert_context):
+            yield from demo_model.caption(ClientFile(image), max_new_tokens, decoding, num_beams, temperature,
+                                          expert_context)
+
+        def answer(image, question, max_new_tokens, decoding, num_beams, temperature, expert_context):
+            yield from demo_model.answer(ClientFile(image), question, max_new_tokens, decoding, num_beams,
+                                         temperature, expert_context)
+
+        caption_button.click(caption, [caption_image, *settings], [caption_text, caption_status],
                              api_name="caption", **common)
-        gr.on([qa_button.click, question.submit], demo_model.answer, [qa_image, question, *settings],
+        gr.on([qa_button.click, question.submit], answer, [qa_image, question, *settings],
               [qa_text, qa_status], api_name="answer", **common)
     demo.demo_model = demo_model  # for tests and callers that built the demo from a checkpoint
     return demo.queue(default_concurrency_limit=concurrency_limit, max_size=max_queue_size)

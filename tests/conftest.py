@@ -62,14 +62,16 @@ def random_image(seed: int, size: Tuple[int, int] = (40, 48)) -> Image.Image:
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
 
 
-def kill_when_printed(script: str, marker: str, what: str, timeout: int = 300) -> None:
-    """Run `script` in a fresh Python, wait until it prints the line `marker`, then SIGKILL it (a crash at that point)."""
+def kill_when_printed(script: str, marker: str, what: str, timeout: int = 300, sig: int = signal.SIGKILL) -> int:
+    """Run `script` in a fresh Python, wait until it prints the line `marker`, then send it `sig` (SIGKILL: a crash
+    at that point; SIGTERM: a job scheduler stopping it). Returns the exit status (minus the signal number when the
+    signal ended it)."""
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     deadline = time.time() + timeout
     while time.time() < deadline and process.stdout.readline().strip() != marker:
         assert process.poll() is None, f"{what} died before the kill point"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    os.kill(process.pid, sig)
+    return process.wait(timeout=timeout)
 
 
 def run_without_hf_vadapter(script: str, timeout: int = 600) -> dict:

@@ -22,13 +22,12 @@ from hf_vadapter.conversion.model_card import read_training_info
 HUB_IDS = {"vision_model_name_or_path": "org/tiny-vit", "text_model_name_or_path": "org/tiny-llama"}
 
 
-def _record_hub_ids(folder: Path) -> None:
-    """Pretend the bases were loaded from Hub ids (the tiny bases are local folders)."""
-    path = folder / "config.json"
-    config = json.loads(path.read_text())
-    config.update(HUB_IDS, vision_revision="a" * 40)
-    config["adapter_config"].update(HUB_IDS)
-    path.write_text(json.dumps(config))
+def _record_hub_ids(model) -> None:
+    """Pretend the bases were loaded from Hub ids (the tiny bases are local folders); the next save records them."""
+    for key, value in HUB_IDS.items():
+        setattr(model.config, key, value)
+    model.config.adapter_config = {**model.config.adapter_config, **HUB_IDS}
+    model.config.vision_revision = "a" * 40
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +35,10 @@ def saved(tiny_bases, tmp_path_factory):
     """(adapter-only folder with Hub ids, full-save folder, trainable parameter count) of one tiny model."""
     root = tmp_path_factory.mktemp("push")
     model, processor = build_model(*tiny_bases("vit", "llama"), hf_vadapter.MLPProjectorConfig(pool_size=2))
-    model.save_adapter(root / "adapter", processor=processor)
-    _record_hub_ids(root / "adapter")
-    model.save_pretrained(root / "full")
-    processor.save_pretrained(root / "full")
     model.save_adapter(root / "local", processor=processor)
+    model.save_pretrained(root / "full", processor=processor)
+    _record_hub_ids(model)
+    model.save_adapter(root / "adapter", processor=processor)
     return root / "adapter", root / "full", root / "local", model.get_nb_trainable_parameters()[0]
 
 
@@ -187,8 +185,10 @@ def test_training_leftovers_stay_local_and_metrics_reach_the_card(adapter_folder
     }))
     (adapter_folder / "run_config.json").write_text(json.dumps({"dataset": "synthetic", "tasks": "vqa"}))
     result = push_adapter(adapter_folder, "org/my-adapter", dry_run=True)
-    assert {"optimizer.pt", "checkpoint-10/", "trainer_state.json", "run_config.json"} <= set(result.skipped)
-    assert {"all_results.json", "training_info.json"} <= set(result.uploaded)
+    leftovers = {"optimizer.pt", "checkpoint-10/", "trainer_state.json", "run_config.json", "all_results.json",
+                 "training_info.json"}
+    assert leftovers <= set(result.skipped)  # not part of the checkpoint: the card carries what they say
+    assert not leftovers & set(result.uploaded)
 
     info = read_training_info(adapter_folder)
     assert info.metrics == {

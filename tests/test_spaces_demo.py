@@ -384,6 +384,68 @@ def test_server_refuses_big_uploads_and_foreign_paths(server, tmp_path):
     assert demo_model.stats["requests"] == requests_before
 
 
+def _call_over_http(url: str, api: str, data: list) -> str:
+    """One event through the HTTP API on 127.0.0.1, as any client could send it: the reply stream's text."""
+    import httpx
+
+    event = httpx.post(url + f"gradio_api/call/{api}", json={"data": data}, timeout=60).json()["event_id"]
+    return httpx.get(url + f"gradio_api/call/{api}/{event}", timeout=120).text
+
+
+def _upload_over_http(url: str, name: str, content: bytes) -> str:
+    import httpx
+
+    response = httpx.post(url + "gradio_api/upload", files={"files": (name, content, "image/png")}, timeout=30)
+    response.raise_for_status()
+    return response.json()[0]
+
+
+def test_only_files_gradio_received_as_uploads_are_opened(app, server, scene_png, tmp_path):
+    """Server paths named by a client get one and the same refusal, for both payload shapes, whether they exist or
+    not; a real upload is captioned."""
+    url, demo_model = server
+    secret = tmp_path / "server_side.png"
+    Image.new("RGB", (8, 8), "red").save(secret)
+    missing = tmp_path / "missing.png"
+    upload_root = app.upload_folder()
+    escape = upload_root / f"escape-{os.getpid()}.png"  # a symlink inside the upload folder pointing out of it
+    escape.symlink_to(secret)
+    targets = {
+        "server image": str(secret),
+        "missing file": str(missing),
+        "relative ../ path": "../" * 12 + str(secret).lstrip("/"),
+        "upload folder, ../ out": str(upload_root / "x" / ".." / ".." / secret.relative_to("/")),
+        "symlink out of the upload folder": str(escape),
+    }
+    try:
+        for shape in ("bare", "FileData"):
+            replies = {}
+            for name, target in targets.items():
+                payload = {"path": target} if shape == "bare" else {"path": target, "meta": {"_type": "gradio.FileData"}}
+                replies[name] = _call_over_http(url, "caption", [payload, *settings()])
+            assert len(set(replies.values())) == 1, (shape, replies)  # nothing tells what exists on the server
+            reply = next(iter(replies.values()))
+            assert app.NOT_AN_UPLOAD in reply or "event: error" in reply, (shape, reply)
+            assert app.NOT_AN_UPLOAD in replies["server image"] or shape == "FileData"
+    finally:
+        escape.unlink()
+
+    uploaded = _upload_over_http(url, "scene.png", scene_png.read_bytes())
+    reply = _call_over_http(url, "caption", [{"path": uploaded}, *settings()])
+    assert "event: complete" in reply and app.NOT_AN_UPLOAD not in reply and "Nothing was generated" not in reply
+
+
+def test_truncated_png_and_nan_temperature_get_their_own_messages(app, server, scene_png):
+    url, _ = server
+    data = scene_png.read_bytes()
+    truncated = _upload_over_http(url, "cut.png", data[: len(data) // 2])
+    reply = _call_over_http(url, "caption", [{"path": truncated}, *settings()])
+    assert "truncated or damaged" in reply and "Something went wrong" not in reply, reply
+    whole = _upload_over_http(url, "whole.png", data)
+    reply = _call_over_http(url, "caption", [{"path": whole}, *settings(decoding="sampling", temperature="nan")])
+    assert "temperature must be a number" in reply and "Something went wrong" not in reply, reply
+
+
 # ------------------------------------------------------------------------------------------------ 4. load
 
 

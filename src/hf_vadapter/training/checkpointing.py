@@ -1,4 +1,4 @@
-"""Adapter-only checkpoints: what a training run writes instead of the frozen bases, and how folders are swapped in.
+"""Adapter-only checkpoints: what a training run writes instead of the frozen bases.
 
 A checkpoint folder holds `adapter_model.safetensors`, the adapter config (`ADAPTER_CONFIG_NAME`), the model `config.json` (with the base
 ids, `auto_map` and the remote-code files: `from_pretrained` loads it onto the bases), the processor, and the
@@ -6,45 +6,39 @@ Trainer's own optimizer / scheduler / RNG / trainer-state files.
 """
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 import torch
 
 from ..modeling.adapter_config import ADAPTER_WEIGHTS_NAME
+from ..modeling.checkpoint_files import checkpoint_writer
 from ..modeling.errors import CheckpointError
 from ..modeling.safe_io import save_safetensors
 
 PathLike = Union[str, os.PathLike]
+TRAINING_ARGS_NAME = "training_args.bin"
 
 
 def save_adapter_files(
-    model, folder: PathLike, processor=None, state_dict: Optional[Dict[str, torch.Tensor]] = None
+    model,
+    folder: PathLike,
+    processor=None,
+    state_dict: Optional[Dict[str, torch.Tensor]] = None,
+    training_args=None,
 ) -> None:
-    """Write `model`'s adapter-only checkpoint into `folder`, replacing each file atomically.
+    """Write `model`'s adapter-only checkpoint into `folder` as `model.save_adapter` does (crash-safe, other files
+    left alone), plus the Trainer's `training_args.bin` when `training_args` is given.
 
-    Files are written to a temporary folder inside `folder` and then renamed over their targets, so other files in
-    `folder` (a run's `checkpoint-*` folders) are left alone and no file is ever seen half-written.
     `state_dict` (a full state dict, as FSDP gathers it) supplies the adapter tensors when given.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-adapter-", dir=folder))
-    try:
-        target = staging / "adapter"
-        model.save_adapter(target, processor=processor)
+    with checkpoint_writer(folder) as staging:
+        model.write_adapter_files(staging, processor=processor)
         if state_dict is not None:
             keys = model.adapter_state_dict().keys()
-            save_safetensors({key: state_dict[key] for key in keys if key in state_dict}, target / ADAPTER_WEIGHTS_NAME)
-        for path in sorted(target.iterdir()):
-            destination = folder / path.name
-            if path.is_dir():
-                shutil.rmtree(destination, ignore_errors=True)
-            os.replace(path, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            save_safetensors({key: state_dict[key] for key in keys if key in state_dict}, staging / ADAPTER_WEIGHTS_NAME)
+        if training_args is not None:
+            torch.save(training_args, staging / TRAINING_ARGS_NAME)
 
 
 def is_adapter_checkpoint(folder: PathLike) -> bool:

@@ -20,7 +20,6 @@ import os
 import shutil
 from typing import Optional
 
-import torch
 from accelerate.utils import gather_object
 from transformers import Trainer
 from transformers.trainer_callback import ExportableState
@@ -45,7 +44,6 @@ except ImportError:  # pragma: no cover
     joint_loss = None
 
 logger = logging.getLogger(__name__)
-TRAINING_ARGS_NAME = "training_args.bin"
 
 
 class VisionAdapterTrainer(Trainer):
@@ -83,8 +81,9 @@ class VisionAdapterTrainer(Trainer):
         if not self.args.should_save:
             return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        save_adapter_files(model, output_dir, processor=self.processing_class, state_dict=state_dict)
-        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        save_adapter_files(
+            model, output_dir, processor=self.processing_class, state_dict=state_dict, training_args=self.args
+        )
 
     def _save_checkpoint(self, model, trial) -> None:
         """Assemble `checkpoint-<step>` in a hidden folder and rename it into place once every file is written."""

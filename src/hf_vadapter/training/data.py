@@ -18,7 +18,9 @@ from ..data import (
     read_vqa_v2,
     validate_example_dataset,
 )
+from ..modeling.errors import InvalidDatasetError
 from .arguments import DataArguments
+from .collator import image_flags
 from .instructions import load_instruction_dataset
 
 logger = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ def load_splits(args: DataArguments) -> Tuple[datasets.Dataset, Optional[dataset
             evaluation = loaded[args.eval_split]
     validate_example_dataset(train)
     train = _first(_keep_tasks(train, args), args.max_train_samples)
+    check_training_rows(train, args)
     if evaluation is not None:
         validate_example_dataset(evaluation)
         evaluation = _first(_keep_tasks(evaluation, args), args.max_eval_samples)
@@ -106,6 +109,23 @@ def load_splits(args: DataArguments) -> Tuple[datasets.Dataset, Optional[dataset
         logger.info("Mixing %d text-only instruction rows into %d training rows.", len(instructions), len(train))
         train = datasets.concatenate_datasets([train, instructions.cast(train.features)])
     return train, evaluation
+
+
+def check_training_rows(train: datasets.Dataset, args: DataArguments) -> None:
+    """Refuse an empty training set up front, and warn about image rows that have no image (they train as text)."""
+    if len(train) == 0:
+        raise InvalidDatasetError(
+            f"The training data is empty (dataset={args.dataset!r}, tasks={args.task_list()}, "
+            f"max_train_samples={args.max_train_samples}). Check the data source and the task filter."
+        )
+    missing = image_flags(train).count(False)
+    if missing:
+        logger.warning(
+            "%d of %d training rows have no image (image=None): they train as text-only rows. Give them their "
+            "images, or drop them if that is not intended.",
+            missing,
+            len(train),
+        )
 
 
 def load_eval_split(args: DataArguments, split: Optional[str] = None) -> datasets.Dataset:

@@ -233,7 +233,8 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        cache = past_key_values if past_key_values is not None else kwargs.get("cache")
+        past_length = cache.get_seq_length() if cache is not None else 0
         self._check_text_inputs(input_ids if input_ids is not None else inputs_embeds, attention_mask, labels, past_length)
         if pixel_values is not None and image_features is not None:
             raise InvalidImageError(
@@ -309,13 +310,12 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
                 "nothing is supervised). The processor builds both with text_target."
             )
         if attention_mask is not None and past_length == 0:
-            if attention_mask.shape[-1] != shape[1]:
-                raise InvalidInputError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids {shape}.")
             if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
                 raise InvalidInputError(
                     "attention_mask holds values other than 0 and 1; it marks real tokens with 1 and padding with 0."
                 )
-        length, limit = past_length + shape[1], getattr(self.config.text_config, "max_position_embeddings", None)
+        length = max(past_length + shape[1], attention_mask.shape[-1] if attention_mask is not None else 0)
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
         if limit is None or length <= limit:
             return
         if self._has_learned_positions(limit):

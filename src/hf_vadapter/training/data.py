@@ -40,8 +40,17 @@ def _read_files(kind: str, data_dir: Optional[str], annotations: Optional[str], 
     return read_vqa_v2(questions, annotations, data_dir)
 
 
+def _load_from_disk(path: str):
+    try:
+        return datasets.load_from_disk(path)
+    except IndexError as error:  # what `datasets` raises for a data set saved with no rows (no shards)
+        raise InvalidDatasetError(
+            f"{path} holds a data set saved with no rows, which `datasets` cannot open. Save it with at least one row."
+        ) from error
+
+
 def _saved_split(path: str, split: str) -> datasets.Dataset:
-    loaded = datasets.load_from_disk(path)
+    loaded = _load_from_disk(path)
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise ValueError(f"{path} has the splits {list(loaded)}, not {split!r}.")
@@ -95,7 +104,7 @@ def load_splits(args: DataArguments) -> Tuple[datasets.Dataset, Optional[dataset
     else:
         path = Path(kind)
         train = _saved_split(str(path), args.train_split)
-        loaded = datasets.load_from_disk(str(path))
+        loaded = _load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict) and args.eval_split in loaded:
             evaluation = loaded[args.eval_split]
     validate_example_dataset(train)

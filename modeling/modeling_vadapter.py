@@ -235,14 +235,17 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         cache = past_key_values if past_key_values is not None else kwargs.get("cache")
         past_length = cache.get_seq_length() if cache is not None else 0
-        self._check_text_inputs(input_ids if input_ids is not None else inputs_embeds, attention_mask, labels, past_length)
+        sequence = input_ids if input_ids is not None else inputs_embeds
+        self._check_text_inputs(sequence, attention_mask, labels, past_length)
         if pixel_values is not None and image_features is not None:
             raise InvalidImageError(
                 "Pass pixel_values or image_features, not both: the model would read only one of them."
             )
         if image_features is not None:
             adapter_config = self.config.adapter
-            check_image_features(image_features, self.geometry, adapter_config.feature_layers, adapter_config.feature_select)
+            check_image_features(
+                image_features, self.geometry, adapter_config.feature_layers, adapter_config.feature_select
+            )
         elif pixel_values is not None:
             image_features = self.get_image_features(pixel_values)
         image_tokens = None

@@ -106,7 +106,9 @@ def _as_texts(value, name: str) -> List[str]:
         raise InvalidPromptError(f"{name} must be a string or a list of strings, got {type(value).__name__}.")
     for index, item in enumerate(values):
         if not isinstance(item, str):
-            raise InvalidPromptError(f"{name}[{index}] is {type(item).__name__}, not a string; give one string per row.")
+            raise InvalidPromptError(
+                f"{name}[{index}] is {type(item).__name__}, not a string; give one string per row."
+            )
         try:
             item.encode("utf-8")
         except UnicodeEncodeError as error:

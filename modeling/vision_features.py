@@ -131,7 +131,9 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size
         )
 
 
-def check_image_features(image_features: torch.Tensor, geometry: VisionGeometry, layers: List[int], select: str) -> None:
+def check_image_features(
+    image_features: torch.Tensor, geometry: VisionGeometry, layers: List[int], select: str
+) -> None:
     """Reject precomputed tower features that are not [B, T, L, S, Dv] for this tower and adapter, or not finite."""
     if not isinstance(image_features, torch.Tensor) or not image_features.is_floating_point():
         raise InvalidImageError(f"image_features must be a float torch.Tensor, got {type(image_features).__name__}.")

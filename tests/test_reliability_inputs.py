@@ -12,14 +12,7 @@ import hf_vadapter
 from conftest import build_model, random_image
 from hf_vadapter.modeling import modeling_vadapter
 from hf_vadapter.modeling.adapter_config import ADAPTER_CONFIG_NAME
-
-
-@pytest.fixture(scope="module")
-def saved(tiny_bases, tmp_path_factory):
-    model, processor = build_model(*tiny_bases("vit", "llama"), hf_vadapter.MLPProjectorConfig(pool_size=2))
-    folder = tmp_path_factory.mktemp("adapter") / "checkpoint"
-    model.save_adapter(folder, processor=processor)
-    return model, processor, folder
+from test_reliability import saved  # noqa: F401  (module-scoped: a saved pool-2 MLP adapter on llama)
 
 
 @pytest.fixture
@@ -57,7 +50,8 @@ def _edit_json(path, edit):
 def test_config_fields_of_the_wrong_type_are_refused(config_class, field, value, expected):
     base = config_class(stage=1) if config_class is hf_vadapter.PaLM2VAdapterConfig else config_class()
     values = {**base.to_dict(), field: value}
-    with pytest.raises(hf_vadapter.AdapterConfigError, match=f"{config_class.__name__}.{field} must be {expected}, got"):
+    message = f"{config_class.__name__}.{field} must be {expected}, got"
+    with pytest.raises(hf_vadapter.AdapterConfigError, match=message):
         hf_vadapter.VisionAdapterConfig(adapter_config=values)
 
 

@@ -16,6 +16,7 @@ from hf_vadapter.modeling.safe_io import load_safetensors, save_safetensors
 from hf_vadapter.training import run_training
 from hf_vadapter.training.data import load_splits
 from test_training_helpers import arguments, bases  # noqa: F401
+from test_reliability import saved  # noqa: F401  (module-scoped: a saved pool-2 MLP adapter on llama)
 
 # ------------------------------------------------------------------------------------------------ non-finite values
 
@@ -41,14 +42,6 @@ def test_training_stops_at_the_first_non_finite_loss(bases, tmp_path):
     for name, tensor in load_safetensors(output / "checkpoint-2" / ADAPTER_WEIGHTS_NAME).items():
         assert torch.isfinite(tensor).all(), name
     assert not (output / ADAPTER_WEIGHTS_NAME).exists()  # no final adapter was saved
-
-
-@pytest.fixture(scope="module")
-def saved(tiny_bases, tmp_path_factory):
-    model, processor = build_model(*tiny_bases("vit", "llama"), hf_vadapter.MLPProjectorConfig(pool_size=2))
-    folder = tmp_path_factory.mktemp("adapter") / "checkpoint"
-    model.save_adapter(folder, processor=processor)
-    return model, processor, folder
 
 
 def test_save_adapter_refuses_non_finite_weights_and_keeps_the_checkpoint(saved, tmp_path, tiny_bases):
@@ -82,9 +75,9 @@ def test_loading_non_finite_weights_is_refused(saved, tmp_path):
 def checkpointed(bases, tmp_path):
     """An output_dir holding checkpoint-2 of a run with pool_size 2 on the llama LM."""
     output = tmp_path / "run"
+    adapter_config = {"num_layers": 1, "pool_size": 2}
     run_training(
-        *arguments(bases, output, adapter_config={"num_layers": 1, "pool_size": 2}, max_steps=2, save_strategy="steps",
-                   save_steps=2)
+        *arguments(bases, output, adapter_config=adapter_config, max_steps=2, save_strategy="steps", save_steps=2)
     )
     assert (output / "checkpoint-2").is_dir()
     return output

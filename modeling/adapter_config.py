@@ -12,15 +12,26 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, ClassVar, Dict, Iterable, List, Optional
 
 from .errors import AdapterConfigError, CheckpointError
+from .field_types import check_field_types
 
 ADAPTER_CONFIG_NAME = "vadapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 # Bumped when a saved adapter config can no longer be read by an older hf_vadapter.
 ADAPTER_FORMAT_VERSION = 1
 FEATURE_SELECTIONS = ("patch", "cls", "both")
+
+
+# The fields that record where the bases came from: a moved or re-downloaded base does not change the adapter.
+BASE_NAME_FIELDS = ("vision_model_name_or_path", "vision_revision", "text_model_name_or_path", "text_revision")
+
+
+def config_differences(saved: Dict[str, Any], own: Dict[str, Any], ignore: Iterable[str] = ()) -> List[str]:
+    """`"field: saved vs own"` for each field where two adapter config dicts differ, `ignore`d fields aside."""
+    keys = sorted((set(saved) | set(own)) - set(ignore))
+    return [f"{key}: {saved.get(key)!r} vs {own.get(key)!r}" for key in keys if saved.get(key) != own.get(key)]
 
 
 @dataclass
@@ -47,6 +58,7 @@ class AdapterConfig:
     text_revision: Optional[str] = None
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.feature_select not in FEATURE_SELECTIONS:
             raise AdapterConfigError(
                 f"feature_select={self.feature_select!r} is not one of {FEATURE_SELECTIONS}."

@@ -1,12 +1,16 @@
 """`VisionAdapterConfig`: a frozen vision tower, a frozen causal LM, and the adapter between them."""
 
+import json
 from typing import Any, Dict, Optional, Union
 
 from transformers import AutoConfig, PretrainedConfig
 
 from .adapter_config import AdapterConfig
 from .adapters import adapter_config_from_dict
-from .errors import AdapterConfigError
+from .errors import AdapterConfigError, CheckpointError
+
+# What a saved config.json must hold: without them the model cannot be rebuilt (no default is silently assumed).
+REQUIRED_ENTRIES = ("vision_config", "text_config", "adapter_config")
 
 
 class VisionAdapterConfig(PretrainedConfig):
@@ -67,6 +71,24 @@ class VisionAdapterConfig(PretrainedConfig):
         )
         super().__init__(**kwargs)
 
+    @classmethod
+    def _dict_from_json_file(cls, json_file) -> Dict[str, Any]:
+        """The saved dict, with typed errors for an empty or broken file and for missing entries."""
+        try:
+            config_dict = super()._dict_from_json_file(json_file)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CheckpointError(
+                f"{json_file} is not valid JSON ({error}); it is empty or truncated. Save the model again, or "
+                "download the checkpoint again."
+            ) from error
+        check_saved_config(config_dict, str(json_file))
+        return config_dict
+
+    @classmethod
+    def from_dict(cls, config_dict: Dict[str, Any], **kwargs) -> "VisionAdapterConfig":
+        check_saved_config(config_dict, "the config dict")
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def adapter(self) -> AdapterConfig:
         """The adapter config as its dataclass."""
@@ -99,3 +121,16 @@ def _as_config(value, name: str) -> Optional[PretrainedConfig]:
         values = dict(value)
         return AutoConfig.for_model(values.pop("model_type"), **values)
     raise AdapterConfigError(f"{name} must be a dict or a PretrainedConfig, got {type(value).__name__}.")
+
+
+def check_saved_config(config_dict: Any, source: str) -> None:
+    """Refuse a saved config that lacks the tower, LM or adapter config instead of falling back to defaults."""
+    if not isinstance(config_dict, dict):
+        raise AdapterConfigError(f"{source} must hold a JSON object, got {type(config_dict).__name__}.")
+    missing = [name for name in REQUIRED_ENTRIES if not isinstance(config_dict.get(name), dict)]
+    if missing:
+        raise AdapterConfigError(
+            f"{source} has no {missing} entries (each a dict). A VisionAdapterConfig is saved by "
+            "`model.save_adapter(folder)` or `model.save_pretrained(folder)` with all of "
+            f"{list(REQUIRED_ENTRIES)}; build a new model with `from_vision_text_pretrained` instead."
+        )

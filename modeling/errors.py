@@ -35,3 +35,15 @@ class BackboneMismatchError(VisionAdapterError, ValueError):
 
 class CheckpointError(VisionAdapterError, OSError):
     """A checkpoint folder or file is missing, truncated, corrupt, or holds keys that do not match the model."""
+
+
+class InvalidInputError(VisionAdapterError, ValueError):
+    """A model input tensor (`labels`, `attention_mask`) has the wrong shape or values."""
+
+
+class NonFiniteError(VisionAdapterError, FloatingPointError):
+    """A training loss or adapter weights hold NaN or infinite values."""
+
+
+class InvalidDatasetError(VisionAdapterError, ValueError):
+    """A training data set is empty, or one of its rows cannot be used (an image that cannot be read)."""

@@ -6,6 +6,7 @@ and adapter-only save/load.
 """
 
 import inspect
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,25 +17,32 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
-from transformers.utils import cached_file
+from transformers.utils import cached_file, logging
 
-from .adapter_config import ADAPTER_WEIGHTS_NAME, AdapterConfig
-from .adapters import build_adapter
+from .adapter_config import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, AdapterConfig, config_differences
+from .adapters import adapter_config_from_dict, build_adapter
 from .configuration_vadapter import VisionAdapterConfig
 from .errors import (
     AdapterConfigError,
     BackboneMismatchError,
     CheckpointError,
     ImageTokenMismatchError,
+    InvalidImageError,
+    InvalidInputError,
     InvalidPromptError,
 )
+from .finiteness import check_finite_weights
 from .mlp_projector import MLPProjectorConfig
 from .processing_vadapter import image_size_of, placeholder_token_id
 from .checkpoint_files import checkpoint_writer, verify_checkpoint, warn_on_code_skew
 from .safe_io import load_safetensors, save_safetensors
-from .vision_features import VisionGeometry, check_pixel_values, select_features
+from .vision_features import VisionGeometry, check_image_features, check_pixel_values, select_features
+
+logger = logging.get_logger(__name__)
 
 FULL_WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json")
+# Pickle weights, never loaded (unpickling runs arbitrary code): a folder holding only these gets a clear refusal.
+PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 # The Auto classes a saved folder maps to this model's code.
 AUTO_MAP_MODEL_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText")
 # Loading keywords that concern where files come from, passed on to every Hub/folder lookup.
@@ -268,11 +276,24 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             cache = kwargs.pop("past_key_values", None)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        if pixel_values is not None and image_features is None:
+        past_length = cache.get_seq_length() if cache is not None else 0
+        sequence = input_ids if input_ids is not None else inputs_embeds
+        self._check_text_inputs(sequence, attention_mask, labels, past_length)
+        if pixel_values is not None and image_features is not None:
+            raise InvalidImageError(
+                "Pass pixel_values or image_features, not both: the model would read only one of them."
+            )
+        if image_features is not None:
+            adapter_config = self.config.adapter
+            check_image_features(
+                image_features, self.geometry, adapter_config.feature_layers, adapter_config.feature_select
+            )
+        elif pixel_values is not None:
             image_features = self.get_vision_features(pixel_values)
         image_tokens = None
         if image_features is not None:
             image_tokens, adapter_context = self._embed_image_features(image_features)
+            self._check_frames(image_features, image_tokens)
         image_mask = None
         if input_ids is not None:
             image_mask = input_ids == self.config.image_token_id  # [B, S]
@@ -315,6 +336,64 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             adapter_context=adapter_context if self.adapter.context_persists else None,
         )
+
+    def _check_text_inputs(
+        self,
+        sequence: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        labels: Optional[torch.Tensor],
+        past_length: int,
+    ) -> None:
+        """Typed errors for labels and masks that do not fit input_ids, and for sequences past the LM's context.
+
+        `sequence` is input_ids [B, S] or inputs_embeds [B, S, D]. The mask values are checked at prefill only
+        (decode steps append ones to it).
+        """
+        shape = tuple(sequence.shape[:2])
+        if labels is not None and tuple(labels.shape) != shape:
+            raise InvalidInputError(
+                f"labels have shape {tuple(labels.shape)} but input_ids {shape}: give one label per token (-100 where "
+                "nothing is supervised). The processor builds both with text_target."
+            )
+        if attention_mask is not None and past_length == 0:
+            if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+                raise InvalidInputError(
+                    "attention_mask holds values other than 0 and 1; it marks real tokens with 1 and padding with 0."
+                )
+        length = max(past_length + shape[1], attention_mask.shape[-1] if attention_mask is not None else 0)
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        if limit is None or length <= limit:
+            return
+        if self._has_learned_positions(limit):
+            raise InvalidPromptError(
+                f"The sequence is {length} tokens, but the {self.config.text_config.model_type} LM has learned "
+                f"positions for {limit} only. Shorten the prompt (processor max_length={limit}, which drops text "
+                "but never image placeholders) or lower max_new_tokens."
+            )
+        logger.warning_once(
+            f"The sequence is {length} tokens, past the LM's max_position_embeddings={limit}: outputs may degrade "
+            "beyond the context the LM was trained on."
+        )
+
+    def _has_learned_positions(self, limit: int) -> bool:
+        """Whether the LM looks positions up in a table (GPT-2, OPT) that has no row past `limit`, rather than
+        rotating them (rope), which runs on past its trained context."""
+        words = self.get_input_embeddings()
+        return any(
+            isinstance(module, nn.Embedding) and module is not words and module.num_embeddings >= limit
+            for module in self.language_model.modules()
+        )
+
+    def _check_frames(self, image_features: torch.Tensor, image_tokens: Optional[torch.Tensor]) -> None:
+        """Frames [B, T > 1] given to an adapter that makes tokens per frame: the processor reserved one frame's."""
+        frames = image_features.shape[1]
+        if frames > 1 and image_tokens is not None and image_tokens.shape[1] != self.config.num_image_tokens:
+            raise ImageTokenMismatchError(
+                f"The {self.config.adapter.adapter_type} adapter made {image_tokens.shape[1]} visual tokens from "
+                f"{frames} frames, but the processor reserves {self.config.num_image_tokens} per image or video: this "
+                "adapter reads one frame at a time. Pass the frames as separate images (one `<image>` each), or use "
+                "an adapter that resamples frames (perceiver_resampler, palm2_vadapter)."
+            )
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool = False, **kwargs) -> Dict[str, Any]:
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
@@ -405,6 +484,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         `vadapter_manifest.json` listing them: everything needed to rebuild the model on the unmodified bases.
         Other files in the folder are left alone (see `checkpoint_files.py`).
         """
+        check_finite_weights(self.adapter_state_dict(), f"Not saving the adapter to {save_directory}")
         with checkpoint_writer(save_directory) as staging:
             self.write_adapter_files(staging, processor=processor)
 
@@ -459,6 +539,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
                 + ", ".join(f"{k}: {a} vs {b}" for k, a, b in wrong[:8])
                 + ". The adapter was trained for other backbone widths."
             )
+        check_finite_weights(state, f"Not loading the adapter from {path}")
         self.load_state_dict(state, strict=False)
 
     @classmethod
@@ -483,6 +564,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         config_file = _resolve(adapter_name_or_path, "config.json", revision, hub_kwargs)
         weights_file = _resolve(adapter_name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs)
         config = VisionAdapterConfig.from_json_file(config_file)
+        _check_adapter_config_file(config, _resolve(adapter_name_or_path, ADAPTER_CONFIG_NAME, revision, hub_kwargs))
         vision_name = vision_model_name_or_path or config.vision_model_name_or_path
         text_name = text_model_name_or_path or config.text_model_name_or_path
         if not vision_name or not text_name:
@@ -503,7 +585,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             init_adapter_weights=False,  # the trained weights come next
             **{**hub_kwargs, **kwargs},
         )
-        _check_same_bases(config, model.config)
+        check_same_bases(config, model.config)
         model.load_vision_adapter(weights_file)
         return model
 
@@ -515,6 +597,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         if _is_adapter_only(pretrained_model_name_or_path, revision, hub_kwargs):
             loader_kwargs = {k: kwargs[k] for k in ("dtype", "attn_implementation", *hub_kwargs) if k in kwargs}
             return cls.from_adapter_pretrained(pretrained_model_name_or_path, revision=revision, **loader_kwargs)
+        _refuse_pickle_only(pretrained_model_name_or_path, revision, hub_kwargs)
         if os.path.isdir(pretrained_model_name_or_path):
             verify_checkpoint(pretrained_model_name_or_path)
             warn_on_code_skew(pretrained_model_name_or_path)
@@ -583,7 +666,38 @@ def _is_adapter_only(name_or_path, revision: Optional[str], hub_kwargs: Dict[str
     return not any(has_checkpoint_file(name_or_path, name, revision, hub_kwargs) for name in FULL_WEIGHTS_NAMES)
 
 
-def _check_same_bases(saved: VisionAdapterConfig, loaded: VisionAdapterConfig) -> None:
+def _refuse_pickle_only(name_or_path, revision: Optional[str], hub_kwargs: Dict[str, Any]) -> None:
+    """A folder or repo with pickle weights and no safetensors gets a clear refusal, never an unpickling attempt."""
+    if any(has_checkpoint_file(name_or_path, name, revision, hub_kwargs) for name in FULL_WEIGHTS_NAMES):
+        return
+    pickles = [name for name in PICKLE_WEIGHTS_NAMES if has_checkpoint_file(name_or_path, name, revision, hub_kwargs)]
+    if pickles:
+        raise CheckpointError(
+            f"{name_or_path} holds only {pickles}: hf_vadapter reads only safetensors (a pickle file can run code "
+            "when loaded). Convert it where you trust it: load it with torch and save it again with "
+            "`model.save_pretrained(folder)` (or `save_adapter`), which write safetensors."
+        )
+
+
+def _check_adapter_config_file(config: VisionAdapterConfig, adapter_config_file: str) -> None:
+    """`vadapter_config.json` must say what config.json's `adapter_config` says: config.json builds the model, and a
+    second file that disagrees (edited by hand, or from another save) would silently describe another adapter."""
+    try:
+        with open(adapter_config_file, encoding="utf-8") as handle:
+            saved = adapter_config_from_dict(json.load(handle)).to_dict()
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{adapter_config_file} is not valid JSON ({error}).") from error
+    differing = config_differences(saved, config.adapter.to_dict())
+    if differing:
+        details = ", ".join(differing[:8])
+        raise CheckpointError(
+            f"{adapter_config_file} and the adapter_config in config.json disagree ({ADAPTER_CONFIG_NAME} vs "
+            f"config.json: {details}). config.json is what builds the model; a checkpoint written by "
+            "`save_adapter` has both equal. Restore the file, or save the adapter again."
+        )
+
+
+def check_same_bases(saved: VisionAdapterConfig, loaded: VisionAdapterConfig) -> None:
     """Compare what the adapter was trained on with the bases just loaded, naming both sides on a mismatch."""
     checks = (
         ("tower type", saved.vision_config.model_type, loaded.vision_config.model_type),

@@ -8,7 +8,7 @@ end-of-sequence token only; prompt, image and padding positions are -100.
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.utils import is_torchvision_available, logging
 
@@ -19,7 +19,9 @@ logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
 MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused rather than decoded into tens of GB
-IMAGE_PLACEMENTS = ("start", "end")  # where images go in a prompt without placeholders
+IMAGE_PLACEMENTS = ("start", "end")
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16/32-bit integer and float images
+EXIF_ORIENTATION = 0x0112  # where images go in a prompt without placeholders
 ImageLike = Image.Image
 
 
@@ -72,6 +74,10 @@ def to_rgb(image: ImageLike) -> ImageLike:
             f"The image is {width}x{height} ({width * height:,} pixels), over the {MAX_IMAGE_PIXELS:,}-pixel limit. "
             "Downscale it first."
         )
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)  # as cameras and browsers show it
+    if image.mode in HIGH_DEPTH_MODES:
+        image = _to_8_bit(image)
     if image.mode == "RGB":
         return image
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
@@ -79,6 +85,39 @@ def to_rgb(image: ImageLike) -> ImageLike:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _to_8_bit(image: ImageLike) -> ImageLike:
+    """A 16-bit, 32-bit or float grayscale image scaled by its real range, from min(0, lowest) to its highest
+    value, onto 0..255 ("L"). A plain convert would clip 16-bit values at 255 (white) and floats in [0, 1] to black."""
+    image = image.convert("F")
+    lowest, highest = image.getextrema()
+    lowest = min(lowest, 0.0)
+    scale = 255.0 / (highest - lowest) if highest > lowest else 0.0
+    return image.point(lambda value: value * scale - lowest * scale).convert("L")
+
+
+def _as_texts(value, name: str) -> List[str]:
+    """`text` or `text_target` as a list of valid Unicode strings, refusing other types with a typed error."""
+    if isinstance(value, str):
+        values = [value]
+    elif isinstance(value, (list, tuple)):
+        values = list(value)
+    else:
+        raise InvalidPromptError(f"{name} must be a string or a list of strings, got {type(value).__name__}.")
+    for index, item in enumerate(values):
+        if not isinstance(item, str):
+            raise InvalidPromptError(
+                f"{name}[{index}] is {type(item).__name__}, not a string; give one string per row."
+            )
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidPromptError(
+                f"{name}[{index}] is not valid Unicode: {error.reason} at character {error.start}. Decode the text "
+                "properly (a lone surrogate often comes from reading UTF-16 or bytes with errors='surrogateescape')."
+            ) from error
+    return values
 
 
 class VisionAdapterProcessor(ProcessorMixin):
@@ -272,10 +311,16 @@ class VisionAdapterProcessor(ProcessorMixin):
         """
         if text is None:
             raise InvalidPromptError("text is required: pass a prompt (it may be just '<image>').")
-        prompts = [text] if isinstance(text, str) else list(text)
-        targets = None if text_target is None else ([text_target] if isinstance(text_target, str) else list(text_target))
+        prompts = _as_texts(text, "text")
+        targets = None if text_target is None else _as_texts(text_target, "text_target")
         if targets is not None and len(targets) != len(prompts):
             raise InvalidPromptError(f"Got {len(prompts)} prompts but {len(targets)} targets.")
+        for index, target in enumerate(targets or []):
+            if self.image_token in target:
+                raise InvalidPromptError(
+                    f"text_target[{index}] holds the image placeholder {self.image_token!r}: targets are the text the "
+                    "model learns to write, and images go in the prompt only. Remove it from the target."
+                )
         if images is not None and videos is not None:
             raise InvalidImageError("Pass images or videos, not both.")
         per_sample = self._group_visuals(images, videos, len(prompts))

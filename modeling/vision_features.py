@@ -18,6 +18,9 @@ from .errors import AdapterConfigError, InvalidImageError
 
 # Tower families whose sequence has no [CLS] token in front of the patches.
 TOWERS_WITHOUT_CLS = ("siglip_vision_model", "siglip2_vision_model")
+# Preprocessed pixels lie within a few units of 0 (at most about +-1000 unnormalised); far larger finite values
+# (1e30 * x) overflow inside the tower and yield garbage, so they are refused like NaN.
+MAX_PIXEL_MAGNITUDE = 1e4
 # Where towers keep the norm that produces their last hidden state, tried in order.
 FINAL_NORM_PATHS = ("layernorm", "post_layernorm", "vision_model.post_layernorm", "norm")
 
@@ -120,8 +123,29 @@ def check_pixel_values(pixel_values: torch.Tensor, num_channels: int, image_size
             f"pixel_values have {channels} channels at {height}x{width}, but the tower expects {num_channels} channels "
             f"at {image_size}x{image_size}. Preprocess images with the model's processor."
         )
-    if not torch.isfinite(pixel_values).all():
-        raise InvalidImageError("pixel_values contain NaN or infinite values.")
+    largest = pixel_values.abs().amax()  # one reduction; NaN propagates, so `largest <= limit` is False for it
+    if not bool(largest <= MAX_PIXEL_MAGNITUDE):
+        raise InvalidImageError(
+            f"pixel_values contain NaN, infinite or huge values (largest magnitude {float(largest):.3g}, the limit is "
+            f"{MAX_PIXEL_MAGNITUDE:g}). Preprocess images with the model's processor."
+        )
+
+
+def check_image_features(
+    image_features: torch.Tensor, geometry: VisionGeometry, layers: List[int], select: str
+) -> None:
+    """Reject precomputed tower features that are not [B, T, L, S, Dv] for this tower and adapter, or not finite."""
+    if not isinstance(image_features, torch.Tensor) or not image_features.is_floating_point():
+        raise InvalidImageError(f"image_features must be a float torch.Tensor, got {type(image_features).__name__}.")
+    expected = (len(layers), geometry.num_tokens(select), geometry.hidden_size)
+    if image_features.ndim != 5 or tuple(image_features.shape[2:]) != expected:
+        raise InvalidImageError(
+            f"image_features have shape {tuple(image_features.shape)}, but this model reads [B, T, L, S, Dv] with "
+            f"L={expected[0]} layers, S={expected[1]} tokens ({select!r}) and Dv={expected[2]}. Compute them with "
+            "model.get_image_features(pixel_values) or a FeatureCache built for this model."
+        )
+    if not bool(torch.isfinite(image_features).all()):
+        raise InvalidImageError("image_features contain NaN or infinite values; recompute them from the images.")
 
 
 def select_features(

@@ -189,7 +189,7 @@ def test_a_save_killed_between_its_renames_is_refused_on_load(model_and_processo
     with pytest.raises(hf_vadapter.CheckpointError, match="was interrupted"):
         hf_vadapter.VisionAdapterForCausalLM.from_pretrained(target)
     with pytest.raises(hf_vadapter.CheckpointError, match="was interrupted"):
-        model.load_adapter(target)
+        model.load_vision_adapter(target)
     model.save_adapter(target, processor=processor)  # saving again repairs it
     assert _same_adapter(target, model)
 

@@ -11,9 +11,11 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from ..modeling.adapter_config import ADAPTER_WEIGHTS_NAME
+from ..modeling.adapter_config import ADAPTER_WEIGHTS_NAME, BASE_NAME_FIELDS, config_differences
 from ..modeling.checkpoint_files import checkpoint_writer
-from ..modeling.errors import CheckpointError
+from ..modeling.configuration_vadapter import VisionAdapterConfig
+from ..modeling.errors import AdapterConfigError, CheckpointError
+from ..modeling.modeling_vadapter import check_same_bases
 from ..modeling.safe_io import save_safetensors
 
 PathLike = Union[str, os.PathLike]
@@ -46,10 +48,28 @@ def is_adapter_checkpoint(folder: PathLike) -> bool:
 
 
 def load_adapter_checkpoint(model, folder: PathLike) -> None:
-    """Load the adapter weights of a checkpoint folder into `model` (every key and shape checked)."""
+    """Load the adapter weights of a checkpoint folder into `model`, after checking that the checkpoint was written
+    for the same bases and adapter config (as `from_adapter_pretrained` does); every key and shape is checked too."""
     if not is_adapter_checkpoint(folder):
         raise CheckpointError(f"{folder} holds no {ADAPTER_WEIGHTS_NAME}; it is not an adapter checkpoint.")
+    check_checkpoint_fits(model, folder)
     model.load_vision_adapter(folder)
+
+
+def check_checkpoint_fits(model, folder: PathLike) -> None:
+    """Refuse a checkpoint written for other bases (BackboneMismatchError) or another adapter config
+    (AdapterConfigError), such as another pool size, whose weights may still have the same shapes."""
+    config_file = Path(folder) / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{folder} has no config.json; it is not an adapter checkpoint written by hf_vadapter.")
+    saved = VisionAdapterConfig.from_json_file(config_file)
+    check_same_bases(saved, model.config)
+    differing = config_differences(saved.adapter.to_dict(), model.config.adapter.to_dict(), ignore=BASE_NAME_FIELDS)
+    if differing:
+        raise AdapterConfigError(
+            f"{folder} was written for another adapter config (checkpoint vs this run: {', '.join(differing[:8])}). "
+            "Resume with that run's settings (its run_config.json), or train into a new output_dir."
+        )
 
 
 def staging_name(checkpoint_name: str) -> str:

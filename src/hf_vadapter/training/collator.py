@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import datasets
 import torch
 
+from ..modeling.errors import InvalidDatasetError
 from .feature_cache import HASH_COLUMN, FeatureStore, decode_image
 
 
@@ -20,6 +21,17 @@ def has_image(row: Dict[str, Any]) -> bool:
     if row.get(HASH_COLUMN) is not None:
         return bool(row[HASH_COLUMN])
     return row.get("image") is not None
+
+
+def decode_row_image(row: Dict[str, Any]):
+    """The row's image as an RGB PIL image; one that cannot be read names the row, so it can be fixed or dropped."""
+    try:
+        return decode_image(row["image"])
+    except (OSError, ValueError, SyntaxError) as error:  # what Pillow raises for truncated or corrupt files
+        raise InvalidDatasetError(
+            f"The image of row {row.get('example_id')!r} (image_id {row.get('image_id')!r}) cannot be read: {error}. "
+            "Fix or drop that row."
+        ) from error
 
 
 def image_flags(dataset: datasets.Dataset) -> List[bool]:
@@ -68,7 +80,7 @@ class VisionAdapterCollator:
                 digests = [row[HASH_COLUMN] for row, image in zip(rows, with_image) if image]
                 batch["image_features"] = self.feature_store.lookup(digests)
         else:
-            images: List[list] = [[decode_image(row["image"])] if image else [] for row, image in zip(rows, with_image)]
+            images: List[list] = [[decode_row_image(row)] if image else [] for row, image in zip(rows, with_image)]
             batch = self.processor(images=images, text=prompts, text_target=targets, max_length=self.max_length)
         batch = dict(batch)
         if any(with_image) and not all(with_image):

@@ -19,7 +19,9 @@ from ..data import (
     to_example_schema,
     validate_example_dataset,
 )
+from ..modeling.errors import InvalidDatasetError
 from .arguments import DataArguments
+from .collator import image_flags
 from .instructions import load_instruction_dataset
 
 logger = logging.getLogger(__name__)
@@ -39,8 +41,17 @@ def _read_files(kind: str, data_dir: Optional[str], annotations: Optional[str], 
     return read_vqa_v2(questions, annotations, data_dir)
 
 
+def _load_from_disk(path: str):
+    try:
+        return datasets.load_from_disk(path)
+    except IndexError as error:  # what `datasets` raises for a data set saved with no rows (no shards)
+        raise InvalidDatasetError(
+            f"{path} holds a data set saved with no rows, which `datasets` cannot open. Save it with at least one row."
+        ) from error
+
+
 def _saved_split(path: str, split: str) -> datasets.Dataset:
-    loaded = datasets.load_from_disk(path)
+    loaded = _load_from_disk(path)
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise ValueError(f"{path} has the splits {list(loaded)}, not {split!r}.")
@@ -94,11 +105,12 @@ def load_splits(args: DataArguments) -> Tuple[datasets.Dataset, Optional[dataset
     else:
         path = Path(kind)
         train = to_example_schema(_saved_split(str(path), args.train_split), f"{path} ({args.train_split})")
-        loaded = datasets.load_from_disk(str(path))
+        loaded = _load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict) and args.eval_split in loaded:
             evaluation = to_example_schema(loaded[args.eval_split], f"{path} ({args.eval_split})")
     validate_example_dataset(train)
     train = _first(_keep_tasks(train, args), args.max_train_samples)
+    check_training_rows(train, args)
     if evaluation is not None:
         validate_example_dataset(evaluation)
         evaluation = _first(_keep_tasks(evaluation, args), args.max_eval_samples)
@@ -107,6 +119,23 @@ def load_splits(args: DataArguments) -> Tuple[datasets.Dataset, Optional[dataset
         logger.info("Mixing %d text-only instruction rows into %d training rows.", len(instructions), len(train))
         train = datasets.concatenate_datasets([train, instructions.cast(train.features)])
     return train, evaluation
+
+
+def check_training_rows(train: datasets.Dataset, args: DataArguments) -> None:
+    """Refuse an empty training set up front, and warn about image rows that have no image (they train as text)."""
+    if len(train) == 0:
+        raise InvalidDatasetError(
+            f"The training data is empty (dataset={args.dataset!r}, tasks={args.task_list()}, "
+            f"max_train_samples={args.max_train_samples}). Check the data source and the task filter."
+        )
+    missing = image_flags(train).count(False)
+    if missing:
+        logger.warning(
+            "%d of %d training rows have no image (image=None): they train as text-only rows. Give them their "
+            "images, or drop them if that is not intended.",
+            missing,
+            len(train),
+        )
 
 
 def load_eval_split(args: DataArguments, split: Optional[str] = None) -> datasets.Dataset:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import datasets
 from transformers import TrainerCallback, set_seed
 
 from ..modeling.modeling_vadapter import VisionAdapterForCausalLM
@@ -113,6 +114,11 @@ def run_training(
                 eval_dataset = cache.prepare(eval_dataset)
             cache.store.refresh()
         store = cache.store
+    else:
+        # Images are decoded by the collator, not by `datasets` while indexing: a corrupt one then names its row.
+        train_dataset = train_dataset.cast_column("image", datasets.Image(decode=False))
+        if eval_dataset is not None:
+            eval_dataset = eval_dataset.cast_column("image", datasets.Image(decode=False))
     collator = VisionAdapterCollator(processor, max_length=data_args.max_length, feature_store=store)
     length_column = training_args.length_column_name
     if training_args.train_sampling_strategy == "group_by_length" and length_column not in train_dataset.column_names:

@@ -25,6 +25,7 @@ from transformers import Trainer
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy, rotate_checkpoints
 
+from ..modeling.errors import NonFiniteError
 from ..modeling.modeling_vadapter import VisionAdapterForCausalLM
 from ..modeling.safe_io import promote_directory
 from .callbacks import CSVLoggerCallback, LossCurveCallback
@@ -196,6 +197,13 @@ class VisionAdapterTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         modality = batch_modality(inputs) if self.modality_groups is not None else None
         loss = super().training_step(model, inputs, num_items_in_batch)
+        # The Trainer's own NaN filter already reads the loss on the host every step, so this adds no sync.
+        if not bool(torch.isfinite(loss)):
+            raise NonFiniteError(
+                f"The training loss is {loss.item()} at step {self.state.global_step + 1}: training stopped before "
+                "the optimizer step, so the weights and the checkpoints saved so far stay finite. Resume from the "
+                "last checkpoint with a lower learning_rate, float32 instead of float16, or max_grad_norm set."
+            )
         if self.modality_groups is not None:
             drop_other_group_grads(self._adapter_model(), self.modality_groups, modality)
         return loss

@@ -11,7 +11,10 @@ order, with the same optimiser, schedule, batch and seed; only the adapter's out
 - `slots<k>`: k free tokens per cell;
 - `words<k>`: k tokens per cell, each a softmax mixture of the frozen LM's embeddings of the training captions'
   tokens (`token_vocabulary`);
-- `..._grid`: each cell introduced by the LM's own words for its grid position (`cell_prefix_ids`).
+- `..._grid`: each cell introduced by the LM's own words for its grid position (`cell_prefix_ids`);
+- `..._prompt`: 8 learned free tokens after the cells (`num_prompt_tokens`);
+- `..._bow`: plus a loss tying the word mixtures to the caption's tokens (an image-level bag of tokens);
+- `..._pack`: all turns of an image (its questions and caption) in one multi-turn sequence.
 
 Training uses images, prompts and targets only (the synthetic generator's per-object labels are never read).
 Each arm reports VQA first-word accuracy per question type on `test` and `test_heldout` (unseen colour-shape pairs),
@@ -49,7 +52,7 @@ OUT = Path("outputs/binding_sweep")
 
 def arm_config(name: str, tokenizer, captions: List[str]) -> MLPProjectorConfig:
     fields = dict(feature_layers=LAYERS, pool_size=POOL)
-    base = name.replace("_grid", "").replace("_pack", "").replace("_bow", "")
+    base = name.replace("_grid", "").replace("_pack", "").replace("_bow", "").replace("_prompt", "")
     if base.startswith("slots"):
         fields["tokens_per_cell"] = int(base[len("slots"):])
     elif base.startswith("words"):
@@ -57,6 +60,8 @@ def arm_config(name: str, tokenizer, captions: List[str]) -> MLPProjectorConfig:
         fields["token_vocabulary"] = caption_token_vocabulary(tokenizer, captions)
     elif base != "base":
         raise SystemExit(f"unknown arm {name!r}")
+    if "_prompt" in name:
+        fields["num_prompt_tokens"] = 8
     if "_grid" in name:
         fields["cell_prefix_ids"] = grid_position_prefixes(tokenizer, IMAGE_SIZE // 14 // POOL)
     return MLPProjectorConfig(**fields)

@@ -6,7 +6,9 @@ Two options make the visual tokens easier for a frozen LM to bind (which colour 
 - `token_vocabulary` makes each visual token a softmax mixture of the LM's own input embeddings of those tokens
   (for example the words of the training captions), so visual tokens lie on the LM's word-embedding manifold;
 - `cell_prefix_ids` puts fixed LM tokens before each cell's tokens, for example the words of its grid position
-  ("top left", "center", ...), which a frozen LM already knows.
+  ("top left", "center", ...), which a frozen LM already knows;
+- `num_prompt_tokens` appends learned free tokens after the cells (a soft prompt, as in prompt tuning): word-anchored
+  cells can only say what is in the image, and these say what to do with it.
 """
 
 from dataclasses import dataclass
@@ -42,6 +44,8 @@ class MLPProjectorConfig(AdapterConfig):
             embeddings of these tokens instead of a free vector (see `caption_token_vocabulary`).
         cell_prefix_ids: one list of LM token ids per pooled cell, embedded by the frozen LM and placed before that
             cell's tokens (see `grid_position_prefixes`).
+        num_prompt_tokens: learned tokens appended after every image's cells, the same for every image; they start
+            as copies of randomly drawn rows of the LM's input embeddings.
 
     Several `feature_layers` are concatenated along the channels, as LLaVA does with multi-layer features.
     """
@@ -56,6 +60,7 @@ class MLPProjectorConfig(AdapterConfig):
     tokens_per_cell: int = 1
     token_vocabulary: Optional[List[int]] = None
     cell_prefix_ids: Optional[List[List[int]]] = None
+    num_prompt_tokens: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,6 +72,8 @@ class MLPProjectorConfig(AdapterConfig):
             raise AdapterConfigError(f"MLPProjectorConfig.pool_mode must be 'mean' or 'concat', got {self.pool_mode!r}.")
         if not isinstance(self.tokens_per_cell, int) or self.tokens_per_cell < 1:
             raise AdapterConfigError(f"MLPProjectorConfig.tokens_per_cell must be an int >= 1, got {self.tokens_per_cell!r}.")
+        if not isinstance(self.num_prompt_tokens, int) or self.num_prompt_tokens < 0:
+            raise AdapterConfigError(f"MLPProjectorConfig.num_prompt_tokens must be an int >= 0, got {self.num_prompt_tokens!r}.")
         if self.token_vocabulary is not None:
             if len(self.token_vocabulary) < 2 or len(set(self.token_vocabulary)) != len(self.token_vocabulary):
                 raise AdapterConfigError("MLPProjectorConfig.token_vocabulary must hold at least 2 distinct token ids.")
@@ -109,6 +116,7 @@ class MLPProjector(VisionAdapter):
                 f"MLPProjectorConfig.cell_prefix_ids holds {len(config.cell_prefix_ids)} prefixes, but this tower and "
                 f"pool_size give {self.num_cells} cells."
             )
+        self.prompt = nn.Parameter(torch.zeros(config.num_prompt_tokens, width)) if config.num_prompt_tokens else None
         self._input_embeddings: tuple = ()  # the frozen LM's embedding, set by `attach` (not a submodule: not saved)
 
     @property
@@ -118,11 +126,16 @@ class MLPProjector(VisionAdapter):
     @property
     def num_image_tokens(self) -> int:
         prefixes = sum(len(prefix) for prefix in self.config.cell_prefix_ids or [])
-        return self.num_cells * self.config.tokens_per_cell + prefixes
+        return self.num_cells * self.config.tokens_per_cell + prefixes + self.config.num_prompt_tokens
 
     def attach(self, language_model: nn.Module) -> None:
+        embedding = language_model.get_input_embeddings()
         if self.config.token_vocabulary or self.config.cell_prefix_ids:
-            self._input_embeddings = (language_model.get_input_embeddings(),)
+            self._input_embeddings = (embedding,)
+        if self.prompt is not None:  # start at the scale of real words (a loaded adapter overwrites it)
+            rows = torch.randint(embedding.num_embeddings, (self.prompt.shape[0],), generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                self.prompt.copy_(embedding.weight[rows].float())
 
     def _embed_tokens(self, token_ids: List[int], like: torch.Tensor) -> torch.Tensor:
         """The frozen LM's input embeddings of `token_ids`: [len, D] in `like`'s dtype and device."""
@@ -168,6 +181,8 @@ class MLPProjector(VisionAdapter):
             tokens = out.reshape(out.shape[0], -1, out.shape[-1] // self.config.tokens_per_cell)  # [B*T, S'*k, D]
         if self.config.cell_prefix_ids:
             tokens = self._with_cell_prefixes(tokens)  # [B*T, N, D]
+        if self.prompt is not None:
+            tokens = torch.cat([tokens, self.prompt.to(tokens.dtype).expand(tokens.shape[0], -1, -1)], dim=1)
         return tokens.reshape(b, t * tokens.shape[1], tokens.shape[2])  # [B, T*N, D]
 
     def _with_cell_prefixes(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -12,13 +12,17 @@ import hf_vadapter
 from conftest import build_model, random_image
 from hf_vadapter.modeling import modeling_vadapter
 from hf_vadapter.modeling.adapter_config import ADAPTER_CONFIG_NAME
+from hf_vadapter.modeling.checkpoint_files import MANIFEST_NAME
 from test_reliability import saved  # noqa: F401  (module-scoped: a saved pool-2 MLP adapter on llama)
 
 
 @pytest.fixture
 def copy(saved, tmp_path):
+    """A copy of the saved checkpoint to edit by hand. Its manifest is removed, as the manifest check's error advises
+    for hand-edited files, so these tests reach the config checks behind it."""
     target = tmp_path / "copy"
     shutil.copytree(saved[2], target)
+    (target / MANIFEST_NAME).unlink()
     return target
 
 
@@ -151,7 +155,7 @@ def test_huge_finite_pixel_values_are_refused(saved):
 def test_bad_image_features_are_refused(saved, change, message):
     model, processor, _ = saved
     inputs = processor(images=[random_image(0)], text=["what?"])
-    features = model.get_image_features(inputs.pop("pixel_values"))
+    features = model.get_vision_features(inputs.pop("pixel_values"))
     with pytest.raises(hf_vadapter.InvalidImageError, match=message):
         model(**inputs, image_features=change(features))
 

@@ -12,6 +12,7 @@ import hf_vadapter
 from conftest import build_model, random_image
 from hf_vadapter.data.schema import caption_example, examples_to_dataset, png_image_value
 from hf_vadapter.modeling.adapter_config import ADAPTER_WEIGHTS_NAME
+from hf_vadapter.modeling.checkpoint_files import MANIFEST_NAME
 from hf_vadapter.modeling.safe_io import load_safetensors, save_safetensors
 from hf_vadapter.training import run_training
 from hf_vadapter.training.data import load_splits
@@ -64,6 +65,7 @@ def test_loading_non_finite_weights_is_refused(saved, tmp_path):
     weights = load_safetensors(target / ADAPTER_WEIGHTS_NAME)
     weights["adapter.mlp.2.bias"] = torch.full_like(weights["adapter.mlp.2.bias"], float("nan"))
     save_safetensors(weights, target / ADAPTER_WEIGHTS_NAME)
+    (target / MANIFEST_NAME).unlink()  # a hand-made file: the manifest would refuse it before the finiteness check
     with pytest.raises(hf_vadapter.NonFiniteError, match="Not loading the adapter.*adapter.mlp.2.bias"):
         hf_vadapter.VisionAdapterForCausalLM.from_adapter_pretrained(target)
 

@@ -20,6 +20,7 @@ import os
 import shutil
 from typing import Optional
 
+import torch
 from accelerate.utils import gather_object
 from transformers import Trainer
 from transformers.trainer_callback import ExportableState

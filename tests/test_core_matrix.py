@@ -28,7 +28,7 @@ OPTION_ADAPTERS = {
     "mlp_slots": lambda: hf_vadapter.MLPProjectorConfig(feature_layers=[-1], pool_size=2, tokens_per_cell=3),
     "mlp_words": lambda: hf_vadapter.MLPProjectorConfig(
         feature_layers=[-2, -1], pool_size=2, tokens_per_cell=2, token_vocabulary=list(range(5, 25)),
-        cell_prefix_ids=[[3], [4, 5], [6], [7, 8, 9]],
+        cell_prefix_ids=[[3], [4, 5], [6], [7, 8, 9]], num_prompt_tokens=2,
     ),
 }
 CASES = [

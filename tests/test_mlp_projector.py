@@ -105,10 +105,22 @@ def test_cell_prefixes_put_the_lms_own_embeddings_before_each_cells_tokens():
     assert not any("embed" in name for name in projector.state_dict())  # the LM's table is read, never saved
 
 
+def test_prompt_tokens_follow_the_cells_and_start_as_rows_of_the_lms_embeddings():
+    projector, table = _attached(token_vocabulary=[2, 7], num_prompt_tokens=3)
+    assert projector.num_image_tokens == 4 + 3
+    rows = [int((table == row).all(-1).nonzero()[0]) for row in projector.prompt.detach()]
+    assert len(rows) == 3  # each prompt token is a copy of some row of the embedding table
+    tokens = projector(torch.randn(2, 1, 1, 36, 4))  # [B, 7, D]
+    assert torch.equal(tokens[:, 4:], projector.prompt.detach().expand(2, -1, -1))
+    tokens.sum().backward()
+    assert projector.prompt.grad is not None and projector.prompt.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [
         (dict(tokens_per_cell=0), "tokens_per_cell"),
+        (dict(num_prompt_tokens=-1), "num_prompt_tokens"),
         (dict(token_vocabulary=[3]), "at least 2 distinct"),
         (dict(token_vocabulary=[3, 3]), "at least 2 distinct"),
         (dict(token_vocabulary=[3, 40]), "outside the LM vocabulary"),

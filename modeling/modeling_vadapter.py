@@ -18,8 +18,9 @@ from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.utils import cached_file
 
+from .adapter_base import AdapterOutput
 from .adapter_config import ADAPTER_WEIGHTS_NAME, AdapterConfig
-from .adapters import build_adapter
+from .adapters import build_adapter, loading_code_from
 from .configuration_vadapter import VisionAdapterConfig
 from .errors import (
     AdapterConfigError,
@@ -29,7 +30,7 @@ from .errors import (
     InvalidPromptError,
 )
 from .mlp_projector import MLPProjectorConfig
-from .processing_vadapter import image_size_of, placeholder_token_id
+from .base_preprocessors import image_size_of, placeholder_token_id
 from .safe_io import atomic_directory, load_safetensors, save_safetensors
 from .vision_features import VisionGeometry, check_pixel_values, select_features
 
@@ -201,13 +202,13 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         as `get_vision_features`).
         """
         features = self.get_vision_features(pixel_values)
-        image_tokens, adapter_context = self._embed_image_features(features)
+        embedded = self._embed_image_features(features)
         return BaseModelOutputWithPooling(
-            last_hidden_state=features, pooler_output=image_tokens if image_tokens is not None else adapter_context
+            last_hidden_state=features, pooler_output=embedded.tokens if embedded.tokens is not None else embedded.context
         )
 
-    def _embed_image_features(self, image_features: torch.Tensor) -> Tuple[Optional[torch.Tensor], Any]:
-        """Tower features [B, T, L, S, Dv] -> (visual tokens for the placeholders, in-layer context)."""
+    def _embed_image_features(self, image_features: torch.Tensor) -> AdapterOutput:
+        """Tower features [B, T, L, S, Dv] -> the adapter's visual tokens and in-layer context."""
         adapter_dtype = next(self.adapter.parameters()).dtype
         return self.adapter.embed_images(image_features.to(adapter_dtype))
 
@@ -271,7 +272,8 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             image_features = self.get_vision_features(pixel_values)
         image_tokens = None
         if image_features is not None:
-            image_tokens, adapter_context = self._embed_image_features(image_features)
+            embedded = self._embed_image_features(image_features)
+            image_tokens, adapter_context = embedded.tokens, embedded.context
         image_mask = None
         if input_ids is not None:
             image_mask = input_ids == self.config.image_token_id  # [B, S]
@@ -468,7 +470,8 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARG_NAMES if k in kwargs}
         config_file = _resolve(adapter_name_or_path, "config.json", revision, hub_kwargs)
         weights_file = _resolve(adapter_name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs)
-        config = VisionAdapterConfig.from_json_file(config_file)
+        with loading_code_from(adapter_name_or_path, revision):  # a registered family's file lies beside it
+            config = VisionAdapterConfig.from_json_file(config_file)
         vision_name = vision_model_name_or_path or config.vision_model_name_or_path
         text_name = text_model_name_or_path or config.text_model_name_or_path
         if not vision_name or not text_name:

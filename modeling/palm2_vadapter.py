@@ -54,7 +54,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 from transformers.utils import cached_file, logging
 
-from .adapter_base import VisionAdapter
+from .adapter_base import AdapterOutput, VisionAdapter
 from .adapter_config import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, AdapterConfig
 from .errors import AdapterConfigError, BackboneMismatchError, CheckpointError, InvalidImageError
 from .perceiver_resampler import Resampler
@@ -100,6 +100,7 @@ class PaLM2VAdapterConfig(AdapterConfig):
     """
 
     adapter_type: ClassVar[str] = "palm2_vadapter"
+    supports_stage_handoff: ClassVar[bool] = True
 
     stage: int = 2
     num_visual_tokens: int = 64
@@ -208,6 +209,12 @@ class PaLM2VAdapterConfig(AdapterConfig):
         values.update(overrides)
         return cls(**values)
 
+    @classmethod
+    def from_previous_stage(cls, checkpoint, **overrides) -> "PaLM2VAdapterConfig":
+        """The capability name of `from_stage1` (see `AdapterConfig.from_previous_stage`)."""
+        overrides.pop("stage1_name_or_path", None)
+        return cls.from_stage1(checkpoint, **overrides)
+
 
 class AttentionalPooler(nn.Module):
     """CoCa-style pooler: learned queries cross-attend once to the normed frame tokens, then a LayerNorm.
@@ -295,12 +302,13 @@ class PaLM2VAdapter(VisionAdapter):
 
     # ------------------------------------------------------------------------------------------ forward
 
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+    def forward(self, image_features: torch.Tensor) -> AdapterOutput:
+        """Image features [B, T, L, S, Dv] -> visual tokens [B, Q, D] (stage 1: [B, Q, D_tiny] for the tiny LM)."""
         if image_features.shape[1] == 1 and self.config.repeat_image_frames > 1:
             image_features = image_features.expand(-1, self.config.repeat_image_frames, -1, -1, -1)
         frame_tokens = image_features.permute(0, 1, 3, 2, 4).flatten(3)  # [B, T, S, L*Dv]
         if self.config.stage == 1:
-            return self.pooler(frame_tokens)  # [B, Q, D_tiny]: the prefix of the tiny LM itself
+            return AdapterOutput(tokens=self.pooler(frame_tokens))  # [B, Q, D_tiny]: the prefix of the tiny LM itself
         if self.config.front == "cross_attention":
             latents = self.resampler(self.input_projection(frame_tokens))  # [B, Q, H]
             hidden = self._run_tiny_lm(self.tiny_lm_input(latents))  # [B, Q, Dt]
@@ -310,7 +318,7 @@ class PaLM2VAdapter(VisionAdapter):
             tokens = (self.input_projection(frame_tokens) + self.time_embedding[:t, None]).flatten(1, 2)  # [B, T*S, Dt]
             queries = self.queries.expand(b, -1, -1)  # [B, Q, Dt]
             hidden = self._run_tiny_lm(torch.cat([tokens, queries], dim=1))[:, -self.config.num_visual_tokens :]
-        return self.output_projection(hidden)  # [B, Q, D]
+        return AdapterOutput(tokens=self.output_projection(hidden))  # [B, Q, D]
 
     def _run_tiny_lm(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """The tiny LM's last hidden states, after its final norm: [B, N, Dt]."""

@@ -10,7 +10,6 @@ for use inside hf_vadapter.
 """
 
 import contextlib
-import contextvars
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple, Type, Union
@@ -40,8 +39,9 @@ ADAPTER_REGISTRY: Dict[str, Tuple[Type[AdapterConfig], Type[VisionAdapter]]] = {
 BUILTIN_ADAPTER_TYPES = frozenset(ADAPTER_REGISTRY)
 # In a saved adapter config dict of a registered family: "<file stem>.<config class>.<module class>".
 CODE_KEY = "code"
-# Where the checkpoint being loaded lives (folder or Hub id, revision), so that a registered family's file is found.
-_code_source: contextvars.ContextVar = contextvars.ContextVar("vadapter_code_source", default=None)
+# Where the checkpoints being loaded live, innermost last: (folder or Hub id, revision), so that a registered
+# family's file is found there.
+_code_sources: list = []
 
 
 def register_adapter(config_class: Type[AdapterConfig], module_class: Type[VisionAdapter]) -> None:
@@ -83,22 +83,21 @@ def adapter_config_to_dict(config: AdapterConfig) -> Dict[str, Any]:
 @contextlib.contextmanager
 def loading_code_from(name_or_path, revision: Optional[str] = None) -> Iterator[None]:
     """Registered families named by configs read inside this block are imported from `name_or_path`."""
-    token = _code_source.set((str(name_or_path), revision))
+    _code_sources.append((str(name_or_path), revision))
     try:
         yield
     finally:
-        _code_source.reset(token)
+        _code_sources.pop()
 
 
 def _import_family(adapter_type: str, code: str) -> None:
     """Import a registered family's file from the checkpoint being loaded, and register it here."""
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    source = _code_source.get()
-    if source is None:
+    if not _code_sources:
         return
     module, config_name, module_name = code.split(".")
-    name_or_path, revision = source
+    name_or_path, revision = _code_sources[-1]
     config_class = get_class_from_dynamic_module(f"{module}.{config_name}", name_or_path, revision=revision)
     module_class = get_class_from_dynamic_module(f"{module}.{module_name}", name_or_path, revision=revision)
     if config_class.adapter_type == adapter_type:

@@ -25,8 +25,9 @@ once by ``attach`` and act only inside ``injected(...)``: outside it the LM is t
 
 Gradient routing: inside ``injected`` the hooks use ``.detach()``ed tensors for the group that the batch must not
 train, so its parameters get no gradient at all (``grad`` stays None, and ``torch.optim.AdamW`` skips them: no
-momentum, no weight decay). By default the presence of images decides (``disjoint_groups=True``); a mixed batch
-(rows with and without images) must be split into its image rows and its text rows, each run as its own forward
+momentum, no weight decay), and gradients accumulated over micro-batches keep each group's own sum. By default the
+presence of images decides (``disjoint_groups=True``). This is the only routing mechanism; the trainer's part is to
+split a mixed batch (rows with and without images) into its image rows and its text rows, each run as its own forward
 (``hf_vadapter.training.joint_training.split_by_image`` / ``joint_loss`` do that).
 """
 

@@ -12,6 +12,8 @@ from .adapter_config import AdapterConfig
 from .adapters import adapter_config_from_dict, adapter_config_to_dict, family_code_file, loading_code_from
 from .errors import AdapterConfigError
 
+IGNORE_INDEX = -100  # the label of a position that is not supervised (prompt, image placeholders, padding)
+
 
 class VisionAdapterConfig(PretrainedConfig):
     """Configuration of a `VisionAdapterForCausalLM`.

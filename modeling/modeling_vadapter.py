@@ -21,7 +21,7 @@ from transformers.utils import cached_file
 from .adapter_base import AdapterOutput
 from .adapter_config import ADAPTER_WEIGHTS_NAME, AdapterConfig
 from .adapters import build_adapter, loading_code_from
-from .configuration_vadapter import VisionAdapterConfig
+from .configuration_vadapter import IGNORE_INDEX, VisionAdapterConfig
 from .errors import (
     AdapterConfigError,
     BackboneMismatchError,
@@ -286,11 +286,11 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
         if labels is not None:
             if image_mask is not None:  # labels=input_ids (HF style) would supervise placeholder ids
-                labels = labels.masked_fill(image_mask, -100)
+                labels = labels.masked_fill(image_mask, IGNORE_INDEX)
             # Logit at t predicts token t + 1: keep only positions whose next token is supervised.
             next_labels = labels[:, 1:]
             logits_to_keep = torch.zeros_like(labels, dtype=torch.bool)
-            logits_to_keep[:, :-1] = next_labels != -100
+            logits_to_keep[:, :-1] = next_labels != IGNORE_INDEX
 
         with self.adapter.injected(adapter_context, image_mask):
             outputs = self.language_model(
@@ -305,7 +305,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            targets = next_labels[next_labels != -100]  # [N]
+            targets = next_labels[next_labels != IGNORE_INDEX]  # [N]
             loss = nn.functional.cross_entropy(outputs.logits.float(), targets, reduction="sum")
             loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1))
         return VisionAdapterOutputWithPast(

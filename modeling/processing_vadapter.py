@@ -13,12 +13,12 @@ from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.utils import logging
 
 from .base_preprocessors import ensure_image_token, load_image_processor
+from .configuration_vadapter import IGNORE_INDEX
 from .chat_messages import PLAIN_CHAT_TEMPLATE, flatten_conversations, is_templated, template_markers
 from .errors import ImageTokenMismatchError, InvalidImageError, InvalidPromptError
 
 logger = logging.get_logger(__name__)
 
-IGNORE_INDEX = -100
 MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused rather than decoded into tens of GB
 IMAGE_PLACEMENTS = ("start", "end")  # where images go in a prompt without placeholders
 ImageLike = Image.Image

@@ -21,12 +21,9 @@ and the KV cache treat them like any token: text attends to them, they never see
   the input placeholders instead, from where they flow up like any token.
 
 Why the prompt goes in at layer L by default: a trainable prompt at the input makes every layer below L part of the
-backward pass, which is exactly the work eP-ALM is meant to skip. Measured with ``benchmarks/epalm_backward.py`` on
-a 16-layer random Llama (L = 10, batch 8, CPU): with ``"layer"`` 6 of 16 decoder layers are in the autograd graph
-(443 backward nodes) and a backward pass costs 0.41x the ``"input"`` one (1069 nodes, 16 layers) and 0.25x a
-49-token MLP-projector prefix's. The price is measured too (``benchmarks/epalm_prompt_placement.py``, a toy colour
-task on an 8-layer random LM, 60 steps): the input prompt steers all layers and reaches a lower loss (0.25 against
-1.04); with the [CLS] slot alone the loss stays at 5.2. ``docs/epalm.md`` has the tables.
+backward pass, which is exactly the work eP-ALM is meant to skip; with ``"layer"`` only the layers from L up are in
+the autograd graph. The input prompt steers all layers and can reach a lower loss. Both sides are measured by
+``benchmarks/epalm_backward.py`` and ``benchmarks/epalm_prompt_placement.py``; ``docs/epalm.md`` has the tables.
 
 The hooks edit only a forward whose tokens contain the slots (prefill, or an uncached step). Cached decode steps
 have no placeholders, and the slots' keys/values are already in the cache, so nothing persists between forwards

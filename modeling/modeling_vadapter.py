@@ -16,11 +16,11 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
-from transformers.utils import cached_file
 
 from .adapter_base import AdapterOutput
 from .adapter_config import ADAPTER_WEIGHTS_NAME, AdapterConfig
 from .adapters import build_adapter, loading_code_from
+from .checkpoint_files import HUB_KWARG_NAMES, check_tensors, has_checkpoint_file, hub_only, resolve_file
 from .configuration_vadapter import IGNORE_INDEX, VisionAdapterConfig
 from .errors import (
     AdapterConfigError,
@@ -37,8 +37,6 @@ from .vision_features import VisionGeometry, check_pixel_values, select_features
 FULL_WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json")
 # The Auto classes a saved folder maps to this model's code.
 AUTO_MAP_MODEL_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText")
-# Loading keywords that concern where files come from, passed on to every Hub/folder lookup.
-HUB_KWARG_NAMES = ("cache_dir", "token", "local_files_only", "force_download")
 
 
 @dataclass
@@ -383,7 +381,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         )
         model = cls(config, vision_tower=vision_tower, language_model=language_model)
         if init_adapter_weights:
-            model.adapter.load_initial_weights(**_hub_only(load_kwargs))
+            model.adapter.load_initial_weights(**hub_only(load_kwargs))
         model.generation_config = language_model.generation_config
         if dtype is not None:  # "auto": the adapter takes the dtype the LM was stored in
             model.adapter.to(language_model.dtype if dtype == "auto" else dtype)
@@ -434,22 +432,12 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         """Load adapter weights from a folder or an `adapter_model.safetensors` file, checking every key and shape."""
         path = Path(path)
         state = load_safetensors(path / ADAPTER_WEIGHTS_NAME if path.is_dir() else path)
-        expected = self.adapter_state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise CheckpointError(
-                f"The adapter weights in {path} do not match this model's "
-                f"{self.config.adapter.adapter_type} adapter: missing {missing[:8]}{'...' if len(missing) > 8 else ''}"
-                f", unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}. Was it saved from another "
-                "adapter type or config?"
-            )
-        wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
-        if wrong:
-            raise BackboneMismatchError(
-                "Adapter tensors have other shapes than this model expects (checkpoint vs model): "
-                + ", ".join(f"{k}: {a} vs {b}" for k, a, b in wrong[:8])
-                + ". The adapter was trained for other backbone widths."
-            )
+        check_tensors(
+            state,
+            self.adapter_state_dict(),
+            f"The adapter weights in {path} (for this model's {self.config.adapter.adapter_type} adapter)",
+            "Was it saved from another adapter type or config, or for other backbone widths?",
+        )
         self.load_state_dict(state, strict=False)
 
     @classmethod
@@ -468,8 +456,8 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         Pass `vision_model_name_or_path` / `text_model_name_or_path` to use other copies of the same bases.
         """
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARG_NAMES if k in kwargs}
-        config_file = _resolve(adapter_name_or_path, "config.json", revision, hub_kwargs)
-        weights_file = _resolve(adapter_name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs)
+        config_file = resolve_file(adapter_name_or_path, "config.json", revision, hub_kwargs)
+        weights_file = resolve_file(adapter_name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs)
         with loading_code_from(adapter_name_or_path, revision):  # a registered family's file lies beside it
             config = VisionAdapterConfig.from_json_file(config_file)
         vision_name = vision_model_name_or_path or config.vision_model_name_or_path
@@ -500,7 +488,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a full checkpoint, or an adapter-only one (then the bases are fetched by their recorded ids)."""
         revision = kwargs.get("revision")
-        hub_kwargs = _hub_only(kwargs)
+        hub_kwargs = hub_only(kwargs)
         if _is_adapter_only(pretrained_model_name_or_path, revision, hub_kwargs):
             loader_kwargs = {k: kwargs[k] for k in ("dtype", "attn_implementation", *hub_kwargs) if k in kwargs}
             return cls.from_adapter_pretrained(pretrained_model_name_or_path, revision=revision, **loader_kwargs)
@@ -524,43 +512,9 @@ def _output_cache(outputs) -> Any:
 
 def load_vision_tower(name_or_path: str, revision: Optional[str] = None, **kwargs) -> PreTrainedModel:
     """Load a vision tower; for a two-tower checkpoint (CLIP, SigLIP) only its vision half."""
-    config = AutoConfig.from_pretrained(name_or_path, revision=revision, **_hub_only(kwargs))
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision, **hub_only(kwargs))
     vision_config = getattr(config, "vision_config", None) or config
     return AutoModel.from_pretrained(name_or_path, config=vision_config, revision=revision, **kwargs)
-
-
-def _hub_only(kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: kwargs[k] for k in HUB_KWARG_NAMES if k in kwargs}
-
-
-def _resolve(name_or_path, filename: str, revision: Optional[str], hub_kwargs: Dict[str, Any]) -> str:
-    """Path of `filename` in a local folder or a Hub repo, with a clear error when it is absent."""
-    resolved = cached_file(
-        str(name_or_path), filename, revision=revision, _raise_exceptions_for_missing_entries=False, **hub_kwargs
-    )
-    if resolved is None:
-        raise CheckpointError(f"{name_or_path} has no {filename}; it is not an hf_vadapter adapter checkpoint.")
-    return resolved
-
-
-def has_checkpoint_file(
-    name_or_path, filename: str, revision: Optional[str] = None, hub_kwargs: Optional[Dict[str, Any]] = None
-) -> bool:
-    """Whether a local folder or Hub repo holds `filename` (missing files and unreachable Hubs answer False)."""
-    hub_kwargs = hub_kwargs or {}
-    if os.path.isdir(name_or_path):
-        return os.path.isfile(os.path.join(name_or_path, filename))
-    return (
-        cached_file(
-            str(name_or_path),
-            filename,
-            revision=revision,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-            **hub_kwargs,
-        )
-        is not None
-    )
 
 
 def _is_adapter_only(name_or_path, revision: Optional[str], hub_kwargs: Dict[str, Any]) -> bool:

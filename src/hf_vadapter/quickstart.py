@@ -59,6 +59,7 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, quick: bool = False, se
     from .conversion.smollm2_gguf import convert_smollm2
     from .data.synthetic import build_synthetic_dataset
     from .evaluation.runner import evaluate_model
+    from .metrics.tables import headline
     from .report import show_examples, write_report
     from .training.arguments import DataArguments, ModelArguments, VisionAdapterTrainingArguments
     from .training.run import run_training

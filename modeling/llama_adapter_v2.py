@@ -245,6 +245,9 @@ class LlamaAdapterV2(VisionAdapter):
     @contextlib.contextmanager
     def _injected(self, context: Optional[torch.Tensor], image_token_mask: Optional[torch.Tensor]) -> Iterator[None]:
         hooks = self._hooks
+        if hooks is None:  # detached: the LM is the plain LM
+            yield
+            return
         if context is not None and image_token_mask is not None and context.shape[0] != image_token_mask.shape[0]:
             raise _one_image_per_row_error(context.shape[0], image_token_mask.shape[0])
         blocked = None

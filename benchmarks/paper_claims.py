@@ -49,7 +49,8 @@ from hf_vadapter import (  # noqa: E402
 )
 from hf_vadapter.data.synthetic import build_synthetic_dataset  # noqa: E402
 from hf_vadapter.evaluation import generate_predictions, score_predictions  # noqa: E402
-from hf_vadapter.modeling.processing_vadapter import load_image_processor, resize_image_processor  # noqa: E402
+from hf_vadapter.modeling.base_preprocessors import load_image_processor  # noqa: E402
+from hf_vadapter.modeling.processing_vadapter import resize_image_processor  # noqa: E402
 
 IMAGE_SIZE = 126
 ROWS_PER_IMAGE = 6  # a caption and one question of each of the five types

@@ -26,11 +26,15 @@ from typing import Any, Dict, List, Optional
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..metrics.tables import accuracy_table, metrics_by_split
+
 TRAINING_INFO_NAME = "training_info.json"
-METRICS_FILE_NAMES = ("all_results.json", "train_results.json", "eval_results.json")
+# `metrics.json`: what `hf-vadapter evaluate` writes (flat) and the quickstart's summary (per split, one folder above
+# its adapter; it is read from the checkpoint folder or its parent). Then what `Trainer.save_metrics` writes.
+SPLIT_METRICS_NAME = "metrics.json"
+METRICS_FILE_NAMES = (SPLIT_METRICS_NAME, "all_results.json", "train_results.json", "eval_results.json")
 TRAINER_STATE_NAME = "trainer_state.json"
-RUN_CONFIG_NAME = "run_config.json"
-TRAINING_FILE_NAMES = (TRAINING_INFO_NAME, *METRICS_FILE_NAMES, TRAINER_STATE_NAME, RUN_CONFIG_NAME)
+RUN_CONFIG_NAME = "run_config.json"  # written by hf_vadapter.training.run_training
 # Numbers the card never lists as metrics: they describe the run, not the model.
 _RUN_KEYS = {"epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second",
              "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "step", "learning_rate",
@@ -48,6 +52,7 @@ class TrainingInfo:
     language: List[str] = field(default_factory=list)
     tags: List[str] = field(default_factory=list)
     metrics: Dict[str, float] = field(default_factory=dict)
+    split_metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)  # {split: {metric: number}}
     global_step: Optional[int] = None
     epochs: Optional[float] = None
     sources: List[str] = field(default_factory=list)  # the files the facts came from
@@ -108,6 +113,12 @@ def read_training_info(folder) -> TrainingInfo:
 
     for name in METRICS_FILE_NAMES:
         values = _read_json(folder / name)
+        if values is None and name == SPLIT_METRICS_NAME:
+            values = _read_json(folder.resolve().parent / name)
+        if isinstance(values, dict) and name == SPLIT_METRICS_NAME:
+            info.sources.append(name)
+            info.split_metrics = metrics_by_split(values)
+            continue
         if isinstance(values, dict):
             info.sources.append(name)
             for key, value in _numbers(values).items():
@@ -264,11 +275,14 @@ def render_model_card(
         if training.epochs is not None:
             parts.append(f"{training.epochs:g} epochs")
         lines += ["Run: " + ", ".join(parts) + ".", ""]
+    if training.split_metrics:
+        lines += ["Evaluation:", "", *accuracy_table(training.split_metrics), ""]
     if training.metrics:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {key} | {_format_number(value)} |" for key, value in sorted(training.metrics.items())]
+    if training.metrics or training.split_metrics:
         lines += ["", f"Read from: {', '.join(f'`{s}`' for s in training.sources)}.", ""]
-    if not (training.datasets or training.training_data or training.metrics or training.global_step):
+    if not (training.datasets or training.training_data or training.metrics or training.split_metrics or training.global_step):
         lines += ["No training data or metrics were recorded next to this checkpoint.", ""]
 
     lines += [

@@ -48,6 +48,8 @@ class AdapterConfig:
     """
 
     adapter_type: ClassVar[str] = ""
+    # True for families trained in stages whose config can start from the previous stage's checkpoint.
+    supports_stage_handoff: ClassVar[bool] = False
 
     feature_layers: List[int] = field(default_factory=lambda: [-1])
     feature_select: str = "patch"
@@ -90,6 +92,14 @@ class AdapterConfig:
                 f"(upgrade it) or be misspelt; known fields are {sorted(known)}."
             )
         return cls(**values)
+
+    @classmethod
+    def from_previous_stage(cls, checkpoint, **overrides) -> "AdapterConfig":
+        """The config of the next training stage, starting from the adapter checkpoint of the previous one (a
+        folder or Hub id). Families with `supports_stage_handoff` implement it."""
+        raise AdapterConfigError(
+            f"{cls.__name__} ({cls.adapter_type}) has no training stages to hand over from {checkpoint!r}."
+        )
 
     def save_pretrained(self, folder) -> None:
         path = Path(folder) / ADAPTER_CONFIG_NAME

@@ -12,7 +12,7 @@ as its bare text, exactly what the processor feeds such an LM for a plain prompt
 
 import os
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 from PIL import Image, UnidentifiedImageError
 

@@ -1,16 +1,22 @@
 """`VisionAdapterConfig`: a frozen vision tower, a frozen causal LM, and the adapter between them."""
 
 import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from transformers import AutoConfig, PretrainedConfig
 
 from .adapter_config import AdapterConfig
-from .adapters import adapter_config_from_dict
+from .adapters import adapter_config_from_dict, adapter_config_to_dict, family_code_file, loading_code_from
 from .errors import AdapterConfigError, CheckpointError
 
 # What a saved config.json must hold: without them the model cannot be rebuilt (no default is silently assumed).
 REQUIRED_ENTRIES = ("vision_config", "text_config", "adapter_config")
+
+IGNORE_INDEX = -100  # the label of a position that is not supervised (prompt, image placeholders, padding)
 
 
 class VisionAdapterConfig(PretrainedConfig):
@@ -53,7 +59,7 @@ class VisionAdapterConfig(PretrainedConfig):
         self.text_config = _as_config(text_config, "text_config")
         if adapter_config is None:
             adapter_config = {"adapter_type": "mlp_projector"}
-        self.adapter_config = adapter_config_from_dict(adapter_config).to_dict()
+        self.adapter_config = adapter_config_to_dict(adapter_config_from_dict(adapter_config))
         if image_size is None and self.vision_config is not None:
             image_size = getattr(self.vision_config, "image_size", None)
         self.image_size = image_size
@@ -103,13 +109,25 @@ class VisionAdapterConfig(PretrainedConfig):
     def vocab_size(self, value: int) -> None:
         self.text_config.vocab_size = value
 
-    @property
-    def vision_feature_layers(self):
-        return self.adapter.feature_layers
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "VisionAdapterConfig":
+        # A registered adapter family's file is read from the same folder or repo as the config.
+        with loading_code_from(pretrained_model_name_or_path, kwargs.get("revision")):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
-    @property
-    def vision_feature_select(self) -> str:
-        return self.adapter.feature_select
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """Write `config.json` and, for a family added with `register_adapter`, a copy of its file beside it."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        code_file = family_code_file(self.adapter_config["adapter_type"])
+        if code_file is not None:
+            _copy_atomically(code_file, Path(save_directory) / code_file.name)
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    descriptor, staging = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(descriptor)
+    shutil.copyfile(source, staging)
+    os.replace(staging, target)
 
 
 def _as_config(value, name: str) -> Optional[PretrainedConfig]:

@@ -21,12 +21,9 @@ and the KV cache treat them like any token: text attends to them, they never see
   the input placeholders instead, from where they flow up like any token.
 
 Why the prompt goes in at layer L by default: a trainable prompt at the input makes every layer below L part of the
-backward pass, which is exactly the work eP-ALM is meant to skip. Measured with ``benchmarks/epalm_backward.py`` on
-a 16-layer random Llama (L = 10, batch 8, CPU): with ``"layer"`` 6 of 16 decoder layers are in the autograd graph
-(443 backward nodes) and a backward pass costs 0.41x the ``"input"`` one (1069 nodes, 16 layers) and 0.25x a
-49-token MLP-projector prefix's. The price is measured too (``benchmarks/epalm_prompt_placement.py``, a toy colour
-task on an 8-layer random LM, 60 steps): the input prompt steers all layers and reaches a lower loss (0.25 against
-1.04); with the [CLS] slot alone the loss stays at 5.2. ``docs/epalm.md`` has the tables.
+backward pass, which is exactly the work eP-ALM is meant to skip; with ``"layer"`` only the layers from L up are in
+the autograd graph. The input prompt steers all layers and can reach a lower loss. Both sides are measured by
+``benchmarks/epalm_backward.py`` and ``benchmarks/epalm_prompt_placement.py``; ``docs/epalm.md`` has the tables.
 
 The hooks edit only a forward whose tokens contain the slots (prefill, or an uncached step). Cached decode steps
 have no placeholders, and the slots' keys/values are already in the cache, so nothing persists between forwards
@@ -42,7 +39,7 @@ from typing import Any, ClassVar, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .adapter_base import VisionAdapter
+from .adapter_base import AdapterOutput, VisionAdapter
 from .adapter_config import AdapterConfig
 from .errors import AdapterConfigError
 from .lm_anatomy import LMAnatomy, get_lm_anatomy
@@ -153,11 +150,15 @@ class _SlotInjector:
         self.handles: list = []
 
     def __deepcopy__(self, memo) -> "_SlotInjector":
-        return self
+        return self  # shared on purpose: the hooks on the LM call this object, whichever adapter copy injects
 
-    def install(self, decoder_layers: nn.ModuleList) -> None:
+    def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+        self.handles = []
+
+    def install(self, decoder_layers: nn.ModuleList) -> None:
+        self.remove()
         self.handles = [
             decoder_layers[index].register_forward_pre_hook(functools.partial(self._pre_hook, index), with_kwargs=True)
             for index in range(self.injection_layer, len(decoder_layers))
@@ -249,14 +250,18 @@ class EPALM(VisionAdapter):
         """Install the slot-overwrite pre-hooks on decoder layers L..end (raises for an LM family it cannot reach)."""
         self._injector.install(get_lm_anatomy(language_model).decoder_layers)
 
+    def detach(self) -> None:
+        self._injector.remove()
+        super().detach()
+
     def project(self, cls_tokens: torch.Tensor) -> torch.Tensor:
         """[CLS] tokens [N, num_levels, Dv] -> levels [N, num_levels, D]."""
         if self.config.shared_projection:
             return self.projection(cls_tokens)
         return torch.stack([projection(cls_tokens[:, i]) for i, projection in enumerate(self.projections)], dim=1)
 
-    def forward(self, image_features: torch.Tensor) -> Tuple[torch.Tensor, EPALMContext]:
-        """Image features [B, T, L, 1, Dv] -> (placeholder embeddings [B, P + 1, D_in], context)."""
+    def forward(self, image_features: torch.Tensor) -> AdapterOutput:
+        """Image features [B, T, L, 1, Dv] -> placeholder embeddings [B, P + 1, D_in] and the `EPALMContext`."""
         cls_tokens = image_features[:, :, :, 0].mean(dim=1)  # [B, L, Dv]; video frames are averaged
         levels = self.project(cls_tokens)  # [B, L, D]
         num_images = cls_tokens.shape[0]
@@ -265,13 +270,10 @@ class EPALM(VisionAdapter):
         if prompt is not None and self.config.prompt_placement == "input":
             slots = torch.cat([prompt.expand(num_images, -1, -1), slots[:, -1:]], dim=1)
             prompt = None
-        return slots, EPALMContext(levels=levels, prompt=prompt)
-
-    def embed_images(self, image_features: torch.Tensor) -> Tuple[torch.Tensor, EPALMContext]:
-        return self(image_features)
+        return AdapterOutput(tokens=slots, context=EPALMContext(levels=levels, prompt=prompt))
 
     @contextlib.contextmanager
-    def injected(self, context: Optional[EPALMContext], image_token_mask: Optional[torch.Tensor]) -> Iterator[None]:
+    def _injected(self, context: Optional[EPALMContext], image_token_mask: Optional[torch.Tensor]) -> Iterator[None]:
         injector = self._injector
         previous = injector.plan
         injector.plan = injector.make_plan(context, image_token_mask, self.num_image_tokens)

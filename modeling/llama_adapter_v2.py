@@ -25,8 +25,9 @@ once by ``attach`` and act only inside ``injected(...)``: outside it the LM is t
 
 Gradient routing: inside ``injected`` the hooks use ``.detach()``ed tensors for the group that the batch must not
 train, so its parameters get no gradient at all (``grad`` stays None, and ``torch.optim.AdamW`` skips them: no
-momentum, no weight decay). By default the presence of images decides (``disjoint_groups=True``); a mixed batch
-(rows with and without images) must be split into its image rows and its text rows, each run as its own forward
+momentum, no weight decay), and gradients accumulated over micro-batches keep each group's own sum. By default the
+presence of images decides (``disjoint_groups=True``). This is the only routing mechanism; the trainer's part is to
+split a mixed batch (rows with and without images) into its image rows and its text rows, each run as its own forward
 (``hf_vadapter.training.joint_training.split_by_image`` / ``joint_loss`` do that).
 """
 
@@ -38,7 +39,7 @@ from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .adapter_base import VisionAdapter
+from .adapter_base import AdapterOutput, VisionAdapter
 from .adapter_config import AdapterConfig
 from .errors import AdapterConfigError, ImageTokenMismatchError
 from .lm_anatomy import LMAnatomy, get_lm_anatomy
@@ -143,7 +144,7 @@ class _SharedHooks:
         self.recomputing_norm = False
 
     def __deepcopy__(self, memo) -> "_SharedHooks":
-        return self
+        return self  # shared on purpose (see the class docstring): the LM's hooks call this one object
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -161,6 +162,7 @@ class LlamaAdapterV2(VisionAdapter):
 
     context_persists = True
     reaches_into_lm = True
+    shows_expert_context = True  # trained on text-only instructions too: it follows a free-text context best
 
     def __init__(self, config: LlamaAdapterV2Config, geometry: VisionGeometry, text_config):
         super().__init__()
@@ -191,18 +193,15 @@ class LlamaAdapterV2(VisionAdapter):
 
     # ------------------------------------------------------------------------------------------ images
 
-    def embed_images(self, image_features: torch.Tensor) -> Tuple[None, torch.Tensor]:
-        """Image features [B, T, L, S, Dv] -> (no placeholder tokens, visual tokens [B, Nv, D] as the context)."""
+    def forward(self, image_features: torch.Tensor) -> AdapterOutput:
+        """Image features [B, T, L, S, Dv] -> no placeholder tokens; visual tokens [B, Nv, D] as the context."""
         if not self.early_layers:
             raise AdapterConfigError(
                 "This LlamaAdapterV2Config has use_early_fusion=False: the adapter has no visual path. Pass text only."
             )
         global_feature = image_features.mean(dim=(1, 3)).flatten(1)  # [B, L*Dv]: mean over frames and tokens
         projected = self.visual_norm(self.visual_projection(global_feature))  # [B, D]
-        return None, self.visual_queries[None] + projected[:, None]  # [B, Nv, D]
-
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.embed_images(image_features)[1]
+        return AdapterOutput(tokens=None, context=self.visual_queries[None] + projected[:, None])  # [B, Nv, D]
 
     # ------------------------------------------------------------------------------------------ hooks
 
@@ -215,9 +214,9 @@ class LlamaAdapterV2(VisionAdapter):
             for name, module in anatomy.linear_layers():
                 key = sanitize_module_name(name)
                 out_features = module.weight.shape[0] if isinstance(module, nn.Linear) else module.weight.shape[1]
-                reference = module.weight
-                self.linear_bias[key] = nn.Parameter(torch.zeros(out_features, dtype=reference.dtype))
-                self.linear_scale[key] = nn.Parameter(torch.ones(out_features, dtype=reference.dtype))
+                if key not in self.linear_bias:  # a re-attach after `detach` keeps the trained values
+                    self.linear_bias[key] = nn.Parameter(torch.zeros(out_features, dtype=module.weight.dtype))
+                    self.linear_scale[key] = nn.Parameter(torch.ones(out_features, dtype=module.weight.dtype))
                 hooks.linear_keys[module] = key
                 hooks.handles.append(module.register_forward_hook(self._make_linear_hook(hooks, key)))
         for index in sorted(set(self.early_layers) | set(self.prompt_layers)):
@@ -233,17 +232,22 @@ class LlamaAdapterV2(VisionAdapter):
             self._norm_parameter_names = tuple(names)
         self._hooks = hooks
 
-    def detach_hooks(self) -> None:
-        """Remove every hook from the LM (it becomes the plain LM again)."""
+    def detach(self) -> None:
+        """Remove every hook from the LM (it becomes the plain LM again); the trained parameters stay."""
         if self._hooks is not None:
             self._hooks.remove()
+            self._hooks = None
+        super().detach()
 
     def trainable_base_parameter_names(self) -> Tuple[str, ...]:
         return self._norm_parameter_names
 
     @contextlib.contextmanager
-    def injected(self, context: Optional[torch.Tensor], image_token_mask: Optional[torch.Tensor]) -> Iterator[None]:
+    def _injected(self, context: Optional[torch.Tensor], image_token_mask: Optional[torch.Tensor]) -> Iterator[None]:
         hooks = self._hooks
+        if hooks is None:  # detached: the LM is the plain LM
+            yield
+            return
         if context is not None and image_token_mask is not None and context.shape[0] != image_token_mask.shape[0]:
             raise _one_image_per_row_error(context.shape[0], image_token_mask.shape[0])
         blocked = None
@@ -392,6 +396,10 @@ class LlamaAdapterV2(VisionAdapter):
             yield
         finally:
             hooks.group_override = previous
+
+    @property
+    def routes_gradients_by_modality(self) -> bool:
+        return self.config.disjoint_groups
 
     def parameter_groups(self, prefix: str = "adapter.", base_prefix: str = "language_model.") -> Dict[str, List[str]]:
         """Parameter names of each group, as `VisionAdapterForCausalLM.named_parameters()` gives them.

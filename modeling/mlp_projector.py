@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .adapter_base import VisionAdapter
+from .adapter_base import AdapterOutput, VisionAdapter
 from .adapter_config import AdapterConfig
 from .errors import AdapterConfigError
 from .vision_features import VisionGeometry
@@ -170,7 +170,8 @@ class MLPProjector(VisionAdapter):
         out = self.mlp(self.pooled_features(image_features))  # [B*T, S', k*V]
         return out.reshape(out.shape[0], -1, len(self.config.token_vocabulary))
 
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+    def forward(self, image_features: torch.Tensor) -> AdapterOutput:
+        """Image features [B, T, L, S, Dv] -> visual tokens [B, T*N, D]."""
         b, t = image_features.shape[:2]
         if self.config.token_vocabulary:
             logits = self.cell_token_logits(image_features)  # [B*T, S'*k, V]
@@ -183,7 +184,7 @@ class MLPProjector(VisionAdapter):
             tokens = self._with_cell_prefixes(tokens)  # [B*T, N, D]
         if self.prompt is not None:
             tokens = torch.cat([tokens, self.prompt.to(tokens.dtype).expand(tokens.shape[0], -1, -1)], dim=1)
-        return tokens.reshape(b, t * tokens.shape[1], tokens.shape[2])  # [B, T*N, D]
+        return AdapterOutput(tokens=tokens.reshape(b, t * tokens.shape[1], tokens.shape[2]))  # [B, T*N, D]
 
     def _with_cell_prefixes(self, tokens: torch.Tensor) -> torch.Tensor:
         """Interleave each cell's prefix embeddings before its k tokens: [B*T, S'*k, D] -> [B*T, N, D]."""

@@ -17,11 +17,12 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
-from transformers.utils import cached_file, logging
+from transformers.utils import logging
 
+from .adapter_base import AdapterOutput
 from .adapter_config import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, AdapterConfig, config_differences
-from .adapters import adapter_config_from_dict, build_adapter
-from .configuration_vadapter import VisionAdapterConfig
+from .adapters import adapter_config_from_dict, build_adapter, loading_code_from
+from .configuration_vadapter import IGNORE_INDEX, VisionAdapterConfig
 from .errors import (
     AdapterConfigError,
     BackboneMismatchError,
@@ -33,8 +34,9 @@ from .errors import (
 )
 from .finiteness import check_finite_weights
 from .mlp_projector import MLPProjectorConfig
-from .processing_vadapter import image_size_of, placeholder_token_id
+from .base_preprocessors import image_size_of, placeholder_token_id
 from .checkpoint_files import checkpoint_writer, verify_checkpoint, warn_on_code_skew
+from .file_resolution import HUB_KWARG_NAMES, check_tensors, has_checkpoint_file, hub_only, resolve_file
 from .safe_io import load_safetensors, save_safetensors
 from .vision_features import VisionGeometry, check_image_features, check_pixel_values, select_features
 
@@ -45,8 +47,6 @@ FULL_WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 # The Auto classes a saved folder maps to this model's code.
 AUTO_MAP_MODEL_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText")
-# Loading keywords that concern where files come from, passed on to every Hub/folder lookup.
-HUB_KWARG_NAMES = ("cache_dir", "token", "local_files_only", "force_download")
 
 
 @dataclass
@@ -210,13 +210,13 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         as `get_vision_features`).
         """
         features = self.get_vision_features(pixel_values)
-        image_tokens, adapter_context = self._embed_image_features(features)
+        embedded = self._embed_image_features(features)
         return BaseModelOutputWithPooling(
-            last_hidden_state=features, pooler_output=image_tokens if image_tokens is not None else adapter_context
+            last_hidden_state=features, pooler_output=embedded.tokens if embedded.tokens is not None else embedded.context
         )
 
-    def _embed_image_features(self, image_features: torch.Tensor) -> Tuple[Optional[torch.Tensor], Any]:
-        """Tower features [B, T, L, S, Dv] -> (visual tokens for the placeholders, in-layer context)."""
+    def _embed_image_features(self, image_features: torch.Tensor) -> AdapterOutput:
+        """Tower features [B, T, L, S, Dv] -> the adapter's visual tokens and in-layer context."""
         adapter_dtype = next(self.adapter.parameters()).dtype
         return self.adapter.embed_images(image_features.to(adapter_dtype))
 
@@ -292,7 +292,8 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             image_features = self.get_vision_features(pixel_values)
         image_tokens = None
         if image_features is not None:
-            image_tokens, adapter_context = self._embed_image_features(image_features)
+            embedded = self._embed_image_features(image_features)
+            image_tokens, adapter_context = embedded.tokens, embedded.context
             self._check_frames(image_features, image_tokens)
         image_mask = None
         if input_ids is not None:
@@ -306,11 +307,11 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
         if labels is not None:
             if image_mask is not None:  # labels=input_ids (HF style) would supervise placeholder ids
-                labels = labels.masked_fill(image_mask, -100)
+                labels = labels.masked_fill(image_mask, IGNORE_INDEX)
             # Logit at t predicts token t + 1: keep only positions whose next token is supervised.
             next_labels = labels[:, 1:]
             logits_to_keep = torch.zeros_like(labels, dtype=torch.bool)
-            logits_to_keep[:, :-1] = next_labels != -100
+            logits_to_keep[:, :-1] = next_labels != IGNORE_INDEX
 
         with self.adapter.injected(adapter_context, image_mask):
             outputs = self.language_model(
@@ -325,7 +326,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            targets = next_labels[next_labels != -100]  # [N]
+            targets = next_labels[next_labels != IGNORE_INDEX]  # [N]
             loss = nn.functional.cross_entropy(outputs.logits.float(), targets, reduction="sum")
             loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1))
         return VisionAdapterOutputWithPast(
@@ -461,7 +462,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         )
         model = cls(config, vision_tower=vision_tower, language_model=language_model)
         if init_adapter_weights:
-            model.adapter.load_initial_weights(**_hub_only(load_kwargs))
+            model.adapter.load_initial_weights(**hub_only(load_kwargs))
         model.generation_config = language_model.generation_config
         if dtype is not None:  # "auto": the adapter takes the dtype the LM was stored in
             model.adapter.to(language_model.dtype if dtype == "auto" else dtype)
@@ -523,22 +524,12 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         if path.is_dir():
             verify_checkpoint(path)
         state = load_safetensors(path / ADAPTER_WEIGHTS_NAME if path.is_dir() else path)
-        expected = self.adapter_state_dict()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise CheckpointError(
-                f"The adapter weights in {path} do not match this model's "
-                f"{self.config.adapter.adapter_type} adapter: missing {missing[:8]}{'...' if len(missing) > 8 else ''}"
-                f", unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}. Was it saved from another "
-                "adapter type or config?"
-            )
-        wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
-        if wrong:
-            raise BackboneMismatchError(
-                "Adapter tensors have other shapes than this model expects (checkpoint vs model): "
-                + ", ".join(f"{k}: {a} vs {b}" for k, a, b in wrong[:8])
-                + ". The adapter was trained for other backbone widths."
-            )
+        check_tensors(
+            state,
+            self.adapter_state_dict(),
+            f"The adapter weights in {path} (for this model's {self.config.adapter.adapter_type} adapter)",
+            "Was it saved from another adapter type or config, or for other backbone widths?",
+        )
         check_finite_weights(state, f"Not loading the adapter from {path}")
         self.load_state_dict(state, strict=False)
 
@@ -561,10 +552,11 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         if os.path.isdir(adapter_name_or_path):
             verify_checkpoint(adapter_name_or_path)
             warn_on_code_skew(adapter_name_or_path)
-        config_file = _resolve(adapter_name_or_path, "config.json", revision, hub_kwargs)
-        weights_file = _resolve(adapter_name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs)
-        config = VisionAdapterConfig.from_json_file(config_file)
-        _check_adapter_config_file(config, _resolve(adapter_name_or_path, ADAPTER_CONFIG_NAME, revision, hub_kwargs))
+        config_file = resolve_file(adapter_name_or_path, "config.json", revision, hub_kwargs)
+        weights_file = resolve_file(adapter_name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs)
+        with loading_code_from(adapter_name_or_path, revision):  # a registered family's file lies beside it
+            config = VisionAdapterConfig.from_json_file(config_file)
+        _check_adapter_config_file(config, resolve_file(adapter_name_or_path, ADAPTER_CONFIG_NAME, revision, hub_kwargs))
         vision_name = vision_model_name_or_path or config.vision_model_name_or_path
         text_name = text_model_name_or_path or config.text_model_name_or_path
         if not vision_name or not text_name:
@@ -593,7 +585,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a full checkpoint, or an adapter-only one (then the bases are fetched by their recorded ids)."""
         revision = kwargs.get("revision")
-        hub_kwargs = _hub_only(kwargs)
+        hub_kwargs = hub_only(kwargs)
         if _is_adapter_only(pretrained_model_name_or_path, revision, hub_kwargs):
             loader_kwargs = {k: kwargs[k] for k in ("dtype", "attn_implementation", *hub_kwargs) if k in kwargs}
             return cls.from_adapter_pretrained(pretrained_model_name_or_path, revision=revision, **loader_kwargs)
@@ -621,43 +613,9 @@ def _output_cache(outputs) -> Any:
 
 def load_vision_tower(name_or_path: str, revision: Optional[str] = None, **kwargs) -> PreTrainedModel:
     """Load a vision tower; for a two-tower checkpoint (CLIP, SigLIP) only its vision half."""
-    config = AutoConfig.from_pretrained(name_or_path, revision=revision, **_hub_only(kwargs))
+    config = AutoConfig.from_pretrained(name_or_path, revision=revision, **hub_only(kwargs))
     vision_config = getattr(config, "vision_config", None) or config
     return AutoModel.from_pretrained(name_or_path, config=vision_config, revision=revision, **kwargs)
-
-
-def _hub_only(kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: kwargs[k] for k in HUB_KWARG_NAMES if k in kwargs}
-
-
-def _resolve(name_or_path, filename: str, revision: Optional[str], hub_kwargs: Dict[str, Any]) -> str:
-    """Path of `filename` in a local folder or a Hub repo, with a clear error when it is absent."""
-    resolved = cached_file(
-        str(name_or_path), filename, revision=revision, _raise_exceptions_for_missing_entries=False, **hub_kwargs
-    )
-    if resolved is None:
-        raise CheckpointError(f"{name_or_path} has no {filename}; it is not an hf_vadapter adapter checkpoint.")
-    return resolved
-
-
-def has_checkpoint_file(
-    name_or_path, filename: str, revision: Optional[str] = None, hub_kwargs: Optional[Dict[str, Any]] = None
-) -> bool:
-    """Whether a local folder or Hub repo holds `filename` (missing files and unreachable Hubs answer False)."""
-    hub_kwargs = hub_kwargs or {}
-    if os.path.isdir(name_or_path):
-        return os.path.isfile(os.path.join(name_or_path, filename))
-    return (
-        cached_file(
-            str(name_or_path),
-            filename,
-            revision=revision,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-            **hub_kwargs,
-        )
-        is not None
-    )
 
 
 def _is_adapter_only(name_or_path, revision: Optional[str], hub_kwargs: Dict[str, Any]) -> bool:

@@ -45,24 +45,29 @@ resampler (the paper's choice; Table 4 finds 6 layers much worse) of width 768 w
 a time embedding over 8 frames, images fed as one frame (`repeat_image_frames=8` repeats them as the paper does).
 """
 
-import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
-from transformers.utils import cached_file, logging
+from transformers.utils import logging
 
-from .adapter_base import VisionAdapter
+from .adapter_base import AdapterOutput, VisionAdapter
 from .adapter_config import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, AdapterConfig
-from .errors import AdapterConfigError, BackboneMismatchError, CheckpointError, InvalidImageError
+from .errors import AdapterConfigError, InvalidImageError
+from .file_resolution import check_tensors, read_json_file, resolve_file
 from .perceiver_resampler import Resampler
 from .safe_io import load_safetensors
 from .vision_features import VisionGeometry
 
 logger = logging.get_logger(__name__)
 
+# What a stage-1 checkpoint is, for the errors when a file is missing.
+STAGE1_CHECKPOINT = (
+    f"a stage-1 PaLM2-VAdapter checkpoint (the folder `model.save_adapter(folder)` writes: config.json, "
+    f"{ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME})"
+)
 STAGES = (1, 2)
 FRONTS = ("cross_attention", "self_attention")
 TINY_LM_INITS = ("random", "pretrained", "stage1")
@@ -100,6 +105,7 @@ class PaLM2VAdapterConfig(AdapterConfig):
     """
 
     adapter_type: ClassVar[str] = "palm2_vadapter"
+    supports_stage_handoff: ClassVar[bool] = True
 
     stage: int = 2
     num_visual_tokens: int = 64
@@ -179,7 +185,7 @@ class PaLM2VAdapterConfig(AdapterConfig):
         `feature_select`, `feature_norm`), `num_visual_tokens`, `num_heads`, `max_frames` and
         `repeat_image_frames` are taken from the stage-1 checkpoint; `overrides` set any field.
         """
-        saved = _read_json(stage1_name_or_path, "config.json", revision)
+        saved = read_json_file(stage1_name_or_path, "config.json", revision, what=STAGE1_CHECKPOINT)
         adapter = saved.get("adapter_config") or {}
         if adapter.get("adapter_type") != cls.adapter_type or adapter.get("stage") != 1:
             raise AdapterConfigError(
@@ -207,6 +213,12 @@ class PaLM2VAdapterConfig(AdapterConfig):
         )
         values.update(overrides)
         return cls(**values)
+
+    @classmethod
+    def from_previous_stage(cls, checkpoint, **overrides) -> "PaLM2VAdapterConfig":
+        """The capability name of `from_stage1` (see `AdapterConfig.from_previous_stage`)."""
+        overrides.pop("stage1_name_or_path", None)
+        return cls.from_stage1(checkpoint, **overrides)
 
 
 class AttentionalPooler(nn.Module):
@@ -295,12 +307,13 @@ class PaLM2VAdapter(VisionAdapter):
 
     # ------------------------------------------------------------------------------------------ forward
 
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+    def forward(self, image_features: torch.Tensor) -> AdapterOutput:
+        """Image features [B, T, L, S, Dv] -> visual tokens [B, Q, D] (stage 1: [B, Q, D_tiny] for the tiny LM)."""
         if image_features.shape[1] == 1 and self.config.repeat_image_frames > 1:
             image_features = image_features.expand(-1, self.config.repeat_image_frames, -1, -1, -1)
         frame_tokens = image_features.permute(0, 1, 3, 2, 4).flatten(3)  # [B, T, S, L*Dv]
         if self.config.stage == 1:
-            return self.pooler(frame_tokens)  # [B, Q, D_tiny]: the prefix of the tiny LM itself
+            return AdapterOutput(tokens=self.pooler(frame_tokens))  # [B, Q, D_tiny]: the prefix of the tiny LM itself
         if self.config.front == "cross_attention":
             latents = self.resampler(self.input_projection(frame_tokens))  # [B, Q, H]
             hidden = self._run_tiny_lm(self.tiny_lm_input(latents))  # [B, Q, Dt]
@@ -310,7 +323,7 @@ class PaLM2VAdapter(VisionAdapter):
             tokens = (self.input_projection(frame_tokens) + self.time_embedding[:t, None]).flatten(1, 2)  # [B, T*S, Dt]
             queries = self.queries.expand(b, -1, -1)  # [B, Q, Dt]
             hidden = self._run_tiny_lm(torch.cat([tokens, queries], dim=1))[:, -self.config.num_visual_tokens :]
-        return self.output_projection(hidden)  # [B, Q, D]
+        return AdapterOutput(tokens=self.output_projection(hidden))  # [B, Q, D]
 
     def _run_tiny_lm(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """The tiny LM's last hidden states, after its final norm: [B, N, Dt]."""
@@ -335,7 +348,7 @@ class PaLM2VAdapter(VisionAdapter):
 
     def _stage1_tiny_lm_state(self, hub_kwargs: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         name, revision = self.config.stage1_name_or_path, self.config.stage1_revision
-        saved = _read_json(name, "config.json", revision, hub_kwargs)
+        saved = read_json_file(name, "config.json", revision, hub_kwargs, what=STAGE1_CHECKPOINT)
         vision = saved.get("vision_config") or {}
         if (vision.get("hidden_size"), vision.get("num_hidden_layers")) != (
             self.geometry.hidden_size,
@@ -346,24 +359,14 @@ class PaLM2VAdapter(VisionAdapter):
                 f"{vision.get('hidden_size')}, {vision.get('num_hidden_layers')} layers) than this one; the paper "
                 "keeps the same tower in both stages."
             )
-        weights = load_safetensors(_resolve_file(name, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs))
+        weights = load_safetensors(resolve_file(name, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs, what=STAGE1_CHECKPOINT))
         prefix = f"language_model.{self.tiny_lm.base_model_prefix}."
         return {key[len(prefix) :]: tensor for key, tensor in weights.items() if key.startswith(prefix)}
 
     def _load_tiny_lm_state(self, state: Dict[str, torch.Tensor], source: str) -> None:
         expected = dict(self.tiny_lm.named_parameters())
-        missing = sorted(set(expected) - set(state))
-        if missing:
-            raise CheckpointError(
-                f"{source} lacks tiny-LM weights {missing[:6]}{'...' if len(missing) > 6 else ''}; is it a checkpoint "
-                f"of a {self.config.tiny_lm_config['model_type']} LM with the config in tiny_lm_config?"
-            )
-        wrong = [(k, tuple(state[k].shape), tuple(p.shape)) for k, p in expected.items() if state[k].shape != p.shape]
-        if wrong:
-            raise BackboneMismatchError(
-                f"{source} has tiny-LM tensors of other shapes than tiny_lm_config builds (checkpoint vs config): "
-                + ", ".join(f"{k}: {a} vs {b}" for k, a, b in wrong[:6])
-            )
+        hint = f"Is it a checkpoint of a {self.config.tiny_lm_config['model_type']} LM with the config in tiny_lm_config?"
+        check_tensors(state, expected, f"The tiny-LM weights of {source}", hint, allow_unexpected=True)
         with torch.no_grad():
             for key, parameter in expected.items():
                 parameter.copy_(state[key])
@@ -392,25 +395,3 @@ def _check_frames(num_frames: int, max_frames: int) -> None:
         raise InvalidImageError(
             f"Got {num_frames} frames, but the time embedding covers {max_frames}; raise max_frames in the config."
         )
-
-
-def _resolve_file(name_or_path, filename: str, revision: Optional[str], hub_kwargs: Optional[Dict[str, Any]] = None):
-    resolved = cached_file(
-        str(name_or_path), filename, revision=revision, _raise_exceptions_for_missing_entries=False,
-        **(hub_kwargs or {}),
-    )
-    if resolved is None:
-        raise CheckpointError(
-            f"{name_or_path} has no {filename}. A stage-1 PaLM2-VAdapter checkpoint is the folder written by "
-            f"`model.save_adapter(folder)`: config.json, {ADAPTER_CONFIG_NAME} and {ADAPTER_WEIGHTS_NAME}."
-        )
-    return resolved
-
-
-def _read_json(name_or_path, filename: str, revision: Optional[str], hub_kwargs=None) -> Dict[str, Any]:
-    path = _resolve_file(name_or_path, filename, revision, hub_kwargs)
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error}).") from error

@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .adapter_base import VisionAdapter
+from .adapter_base import AdapterOutput, VisionAdapter
 from .adapter_config import AdapterConfig
 from .errors import AdapterConfigError, InvalidImageError
 from .vision_features import VisionGeometry
@@ -118,9 +118,10 @@ class PerceiverResampler(VisionAdapter):
     def num_image_tokens(self) -> int:
         return self.config.num_latents
 
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+    def forward(self, image_features: torch.Tensor) -> AdapterOutput:
+        """Image features [B, T, L, S, Dv] -> visual tokens [B, Q, D]."""
         if image_features.shape[1] == 1 and self.config.repeat_image_frames > 1:
             image_features = image_features.expand(-1, self.config.repeat_image_frames, -1, -1, -1)
         frame_tokens = image_features.permute(0, 1, 3, 2, 4).flatten(3)  # [B, T, S, L*Dv]
         latents = self.resampler(self.input_projection(frame_tokens))  # [B, Q, C]
-        return self.output_projection(latents)  # [B, Q, D]
+        return AdapterOutput(tokens=self.output_projection(latents))  # [B, Q, D]

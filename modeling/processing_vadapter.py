@@ -9,57 +9,21 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image, ImageOps
-from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
-from transformers.utils import is_torchvision_available, logging
+from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers.utils import logging
 
+from .base_preprocessors import ensure_image_token, load_image_processor
+from .configuration_vadapter import IGNORE_INDEX
 from .chat_messages import PLAIN_CHAT_TEMPLATE, flatten_conversations, is_templated, template_markers
 from .errors import ImageTokenMismatchError, InvalidImageError, InvalidPromptError
 
 logger = logging.get_logger(__name__)
 
-IGNORE_INDEX = -100
 MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused rather than decoded into tens of GB
 IMAGE_PLACEMENTS = ("start", "end")
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16/32-bit integer and float images
 EXIF_ORIENTATION = 0x0112  # where images go in a prompt without placeholders
 ImageLike = Image.Image
-
-
-def placeholder_token_id(tokenizer_name_or_path, revision: Optional[str], image_token: str) -> int:
-    """The id `image_token` gets in the LM's tokenizer once the processor adds it."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name_or_path, revision=revision)
-    return _ensure_image_token(tokenizer, image_token)
-
-
-def load_image_processor(name_or_path, revision: Optional[str] = None):
-    """The tower's image processor; without torchvision, its PIL backend is chosen on purpose (no fallback warning)."""
-    backend = None if is_torchvision_available() else "pil"
-    return AutoImageProcessor.from_pretrained(name_or_path, revision=revision, backend=backend)
-
-
-def image_size_of(vision_name_or_path, revision: Optional[str], vision_config) -> int:
-    """The square image side the tower's image processor produces (its crop size, else its size)."""
-    try:
-        image_processor = load_image_processor(vision_name_or_path, revision)
-    except OSError:
-        return vision_config.image_size
-    return _processor_image_size(image_processor) or vision_config.image_size
-
-
-def _processor_image_size(image_processor) -> Optional[int]:
-    for attribute in ("crop_size", "size"):
-        size = getattr(image_processor, attribute, None)
-        if isinstance(size, dict):
-            size = size.get("height") or size.get("shortest_edge")
-        if isinstance(size, int):
-            return size
-    return None
-
-
-def _ensure_image_token(tokenizer, image_token: str) -> int:
-    if image_token not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"extra_special_tokens": [image_token]}, replace_extra_special_tokens=False)
-    return tokenizer.convert_tokens_to_ids(image_token)
 
 
 def to_rgb(image: ImageLike) -> ImageLike:
@@ -153,7 +117,7 @@ class VisionAdapterProcessor(ProcessorMixin):
         self.use_chat_template = use_chat_template
         self.image_placement = image_placement
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
-        self.image_token_id = _ensure_image_token(self.tokenizer, image_token)
+        self.image_token_id = ensure_image_token(self.tokenizer, image_token)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Left padding: the last position of every row is its real last token, as generation needs.
@@ -172,7 +136,11 @@ class VisionAdapterProcessor(ProcessorMixin):
 
     @classmethod
     def for_model(cls, model, **kwargs) -> "VisionAdapterProcessor":
-        """The processor matching a `VisionAdapterForCausalLM` built from named bases."""
+        """The processor matching a `VisionAdapterForCausalLM` built from named bases.
+
+        Construction runs one way: the bases' own preprocessors (`base_preprocessors.py`) give the model its
+        `image_size` and `image_token_id`, the adapter fixes `num_image_tokens` in the model config, and the processor
+        is built from that config. The model never reads the processor."""
         config = model.config
         return cls.from_vision_text_pretrained(
             config.vision_model_name_or_path,

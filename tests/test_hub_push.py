@@ -222,3 +222,14 @@ def test_cli_hooks_parse_and_run_a_dry_run(saved, capsys):
     assert run_push(args) == 0
     printed = capsys.readouterr().out
     assert "Would upload to org/my-adapter@dev" in printed and "base_model_relation: adapter" in printed
+
+
+def test_quickstart_style_folder_shows_its_evaluation_in_the_card(adapter_folder):
+    # The quickstart writes metrics.json (per split) one folder above its adapter; `evaluate` writes a flat one.
+    summary = {"metrics": {"test": {"vqa_accuracy": 0.5, "vqa_accuracy_colour": 0.51, "cider": 5.35},
+                           "test_heldout": {"vqa_accuracy": 0.4, "vqa_accuracy_colour": 0.45, "cider": 3.74}}}
+    (adapter_folder.parent / "metrics.json").write_text(json.dumps(summary))
+    card = push_adapter(adapter_folder, "org/my-adapter", dry_run=True).model_card
+    assert "| metric | test | test_heldout |" in card
+    assert "| VQA accuracy, colour | 51.0% | 45.0% |" in card and "| caption CIDEr | 5.35 | 3.74 |" in card
+    assert "`metrics.json`" in card

@@ -36,7 +36,7 @@ def test_concat_pooling_widens_only_the_first_layer_and_keeps_the_token_count():
     assert mean.num_image_tokens == concat.num_image_tokens == 4
     assert mean.mlp[0].in_features == 4 and concat.mlp[0].in_features == 36
     features = torch.randn(2, 1, 1, 36, 4)  # [B, T, L, S, Dv]
-    assert concat(features).shape == mean(features).shape == (2, 4, 8)
+    assert concat(features).tokens.shape == mean(features).tokens.shape == (2, 4, 8)
 
 
 def test_mean_pooling_averages_each_cell():
@@ -75,7 +75,7 @@ def test_tokens_per_cell_keeps_each_cells_tokens_together():
     projector = _projector(pool_size=3, tokens_per_cell=3)
     assert projector.num_image_tokens == 4 * 3
     features = torch.randn(2, 1, 1, 36, 4)  # [B, T, L, S, Dv]
-    tokens = projector(features)  # [B, 12, D]
+    tokens = projector(features).tokens  # [B, 12, D]
     assert tokens.shape == (2, 12, 8)
     # Cell 1's three tokens are the second block of the one projection of cell 1's pooled features.
     cell_out = projector.mlp(projector.pooled_features(features))[:, 1]  # [B, 3*D]
@@ -86,7 +86,7 @@ def test_word_tokens_are_mixtures_of_the_lms_embeddings_of_the_vocabulary():
     vocabulary = [2, 7, 11, 19]
     projector, table = _attached(tokens_per_cell=2, token_vocabulary=vocabulary)
     features = torch.randn(2, 1, 1, 36, 4)
-    tokens = projector(features)  # [B, 4 cells * 2, D]
+    tokens = projector(features).tokens  # [B, 4 cells * 2, D]
     weights = projector.cell_token_logits(features).softmax(-1)  # [B, 8, 4]
     torch.testing.assert_close(tokens, weights @ table[vocabulary])
     assert projector.mlp[-1].out_features == 2 * len(vocabulary)
@@ -97,7 +97,7 @@ def test_cell_prefixes_put_the_lms_own_embeddings_before_each_cells_tokens():
     projector, table = _attached(tokens_per_cell=2, cell_prefix_ids=prefixes)
     assert projector.num_image_tokens == 4 * 2 + 4
     features = torch.randn(2, 1, 1, 36, 4)
-    tokens = projector(features)  # [B, 12, D]
+    tokens = projector(features).tokens  # [B, 12, D]
     plain = projector.mlp(projector.pooled_features(features)).reshape(2, 8, 8)  # [B, 4 cells * 2, D]
     expected = [table[[1]], plain[:, 0:2], table[[2, 3]], plain[:, 2:4], plain[:, 4:6], table[[4]], plain[:, 6:8]]
     expected = torch.cat([part.expand(2, -1, -1) if part.dim() == 2 else part for part in expected], dim=1)

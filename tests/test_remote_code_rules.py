@@ -58,10 +58,13 @@ def test_import_executes_only_definitions(path):
                 )
 
 
-def test_every_bundle_file_is_reachable_from_the_model_file():
-    """The copier follows relative imports from modeling_vadapter.py: every bundle file must be reached."""
+def test_every_bundle_file_is_reachable_from_the_model_or_processor_file():
+    """The copier follows relative imports from the saved object's file: modeling_vadapter.py when the model is saved,
+    processing_vadapter.py when the processor is. Every bundle file must be reached, and the model must not need the
+    processor (construction runs model config -> processor only)."""
     from transformers.dynamic_module_utils import get_relative_import_files
 
-    reached = {Path(p).name for p in get_relative_import_files(str(MODELING / "modeling_vadapter.py"))}
-    reached.add("modeling_vadapter.py")
-    assert {p.name for p in FILES} <= reached
+    from_model = {Path(p).name for p in get_relative_import_files(str(MODELING / "modeling_vadapter.py"))}
+    from_processor = {Path(p).name for p in get_relative_import_files(str(MODELING / "processing_vadapter.py"))}
+    assert "processing_vadapter.py" not in from_model
+    assert {p.name for p in FILES} <= from_model | from_processor | {"modeling_vadapter.py", "processing_vadapter.py"}

@@ -2,9 +2,7 @@
 entries that are only used when complete."""
 
 import json
-import os
 
-import datasets
 import pytest
 import torch
 

@@ -10,11 +10,11 @@ from transformers import TrainerCallback
 from hf_vadapter import cli
 from hf_vadapter.modeling.adapters import ADAPTER_REGISTRY
 from hf_vadapter.training import (
-    ModalityGroupedSampler,
     VisionAdapterCollator,
+    VisionAdapterTrainer,
     build_instruction_examples,
+    build_model_and_processor,
     load_instruction_dataset,
-    modality_parameter_groups,
     run_training,
 )
 from hf_vadapter.training.instructions import BUILTIN_INSTRUCTIONS
@@ -47,16 +47,33 @@ def test_user_instructions_in_alpaca_json(tmp_path):
         load_instruction_dataset(str(path))
 
 
-def test_modality_grouped_sampler_is_homogeneous_and_reproducible():
-    has_image = [index % 3 != 0 for index in range(20)]  # 13 image rows, 7 text rows
-    sampler = ModalityGroupedSampler(has_image, group_size=4, seed=5)
-    order = list(sampler)
-    assert len(order) == len(sampler) == 16 + 8 and set(order) == set(range(20))
-    blocks = [order[start : start + 4] for start in range(0, len(order), 4)]
-    assert all(len({has_image[index] for index in block}) == 1 for block in blocks)
-    assert list(sampler) == order  # same epoch, same order (resuming replays it)
-    sampler.set_epoch(1)
-    assert list(sampler) != order
+def test_text_micro_batch_keeps_the_accumulated_vision_gradients(bases, tmp_path):
+    # With gradient accumulation and batches that are not grouped by modality, an image micro-batch and then a
+    # text-only one make up one optimizer step: each group must keep the gradients of its own micro-batch.
+    model_args, _, training_args = arguments(
+        bases, tmp_path / "run", adapter_type="llama_adapter_v2", adapter_config={}, gradient_accumulation_steps=2
+    )
+    model, processor = build_model_and_processor(model_args)
+    trainer = VisionAdapterTrainer(model=model, args=training_args, processing_class=processor)
+    trainer.current_gradient_accumulation_steps = 2  # what the Trainer's loop sets before its micro-batches
+    image_batch = processor(images=[_red_image()], text=["<image>What colour?"], text_target=["red."])
+    text_batch = processor(text=["Say hello."], text_target=["Hello!"])
+    groups = model.adapter.parameter_groups()
+    parameters = dict(model.named_parameters())
+    trainer.training_step(model, dict(image_batch))
+    vision = {name: parameters[name].grad.clone() for name in groups["vision"]}
+    assert all(parameters[name].grad is None for name in groups["instruction"])
+    trainer.training_step(model, dict(text_batch))
+    for name, grad in vision.items():
+        assert parameters[name].grad is not None, f"the text micro-batch erased {name}'s gradient"
+        assert torch.equal(parameters[name].grad, grad), name
+    assert all(parameters[name].grad is not None for name in groups["instruction"])
+
+
+def _red_image():
+    from PIL import Image
+
+    return Image.new("RGB", (32, 32), (220, 20, 20))
 
 
 def test_text_rows_mix_into_training(bases, tmp_path):
@@ -118,16 +135,13 @@ def test_llama_adapter_v2_joint_training_updates_disjoint_groups(bases, tmp_path
         max_steps=6,
         learning_rate=1e-2,
     )
-    from hf_vadapter.training import build_model_and_processor
-
-    groups = modality_parameter_groups(build_model_and_processor(args[0])[0])
-    assert groups["image"] and groups["text"]
+    groups = build_model_and_processor(args[0])[0].adapter.parameter_groups()
+    assert groups["vision"] and groups["instruction"]
     recorder = GroupChanges(groups)
     run_training(*args, callbacks=[recorder])
     assert len(recorder.steps) == 6
-    # Every step is one modality's batch and moves only that modality's parameters.
-    assert all(step["image"] != step["text"] for step in recorder.steps), recorder.steps
-    assert any(step["image"] for step in recorder.steps) and any(step["text"] for step in recorder.steps)
+    # Both groups learn over the run (each only from its own rows: see the gradient tests).
+    assert any(step["vision"] for step in recorder.steps) and any(step["instruction"] for step in recorder.steps)
 
 
 @pytest.mark.skipif("palm2_vadapter" not in ADAPTER_REGISTRY, reason="PaLM2-VAdapter is not registered")
@@ -171,7 +185,7 @@ def test_palm2_vadapter_stage2_starts_from_stage1(tiny_bases, tmp_path):
 
 @pytest.mark.skipif("llama_adapter_v2" not in ADAPTER_REGISTRY, reason="LLaMA-Adapter V2 is not registered")
 def test_mixed_batches_are_split_for_disjoint_groups(bases, tmp_path):
-    # Without modality grouping, batches mix image and text rows: the trainer runs each kind as its own forward.
+    # Batches mix image and text rows: the trainer runs each kind as its own forward.
     args = arguments(
         bases,
         tmp_path / "run",
@@ -179,7 +193,6 @@ def test_mixed_batches_are_split_for_disjoint_groups(bases, tmp_path):
         adapter_config={},
         instruction_data="builtin",
         max_instruction_samples=12,
-        modality_grouped_batches=False,
         per_device_train_batch_size=12,
         max_steps=2,
     )

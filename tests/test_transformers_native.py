@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoProcessor, pipeline
 from transformers.utils import logging as hf_logging
 
@@ -175,7 +175,7 @@ def test_get_image_features_returns_the_projected_embeddings(tiny_bases):
     with torch.no_grad():
         output = model.get_image_features(pixel_values)
         features = model.get_vision_features(pixel_values)
-        projected = model.adapter(features)
+        projected = model.adapter(features).tokens
     hidden = model.config.text_config.hidden_size
     assert output.pooler_output.shape == (2, model.config.num_image_tokens, hidden)
     assert torch.equal(output.pooler_output, projected) and torch.equal(output.last_hidden_state, features)

@@ -282,6 +282,7 @@ def generate_command(parser: argparse.ArgumentParser) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from PIL import Image, UnidentifiedImageError
 
+        from .evaluation.generation import answer
         from .evaluation.runner import load_for_evaluation
         from .modeling.errors import InvalidImageError
 
@@ -290,11 +291,8 @@ def generate_command(parser: argparse.ArgumentParser) -> Handler:
         except (OSError, UnidentifiedImageError) as error:
             raise InvalidImageError(f"Cannot read the image {args.image!r}: {error}") from error
         model, processor = load_for_evaluation(args.checkpoint)
-        inputs = processor(images=[image], text=[args.prompt])
-        output = model.generate(
-            **inputs, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.do_sample
-        )
-        print(processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+        settings = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.do_sample)
+        print(answer(model, processor, [image], [args.prompt], **settings)[0])
         return 0
 
     return run

@@ -20,8 +20,9 @@ With the default template the prompt the model sees is "Context: <caption> <ocr 
 import inspect
 from typing import Callable, List, Sequence, Union
 
-import torch
 from PIL import Image
+
+from .evaluation.generation import answer
 
 Expert = Callable[..., str]  # (image) -> text, or (image, prompt) -> text
 DEFAULT_TEMPLATE = "Context: {context}\n{prompt}"
@@ -76,10 +77,7 @@ def generate_with_experts(
     if len(images) != len(prompts):
         raise ValueError(f"Got {len(images)} images but {len(prompts)} prompts; give one image per prompt.")
     contextual = [add_expert_context(p, image, experts, template) for p, image in zip(prompts, images)]
-    inputs = processor(images=list(images), text=contextual)
-    with torch.no_grad():
-        output = model.generate(**inputs, **generate_kwargs)
-    return processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return answer(model, processor, images, contextual, **generate_kwargs)
 
 
 def adapter_captioner(
@@ -89,9 +87,6 @@ def adapter_captioner(
     settings = dict(max_new_tokens=max_new_tokens, do_sample=False, **generate_kwargs)
 
     def caption(image: Image.Image) -> str:
-        inputs = processor(images=[image], text=[prompt])
-        with torch.no_grad():
-            output = model.generate(**inputs, **settings)
-        return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        return answer(model, processor, [image], [prompt], **settings)[0]
 
     return caption

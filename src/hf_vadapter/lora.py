@@ -8,12 +8,12 @@ the copy).
 """
 
 import re
-from typing import Optional, Sequence
-
-from peft import LoraConfig
-from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from .modeling.errors import UnsupportedArchitectureError
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 
 def lora_for_language_model(
@@ -24,7 +24,7 @@ def lora_for_language_model(
     lora_dropout: float = 0.05,
     train_adapter: bool = True,
     **lora_kwargs,
-) -> LoraConfig:
+) -> "LoraConfig":
     """A `LoraConfig` for `get_peft_model(model, ...)` that wraps only the language model.
 
     Args:
@@ -34,6 +34,11 @@ def lora_for_language_model(
         train_adapter: keep the vision adapter trainable (`modules_to_save=["adapter"]`); False trains LoRA only.
         r, lora_alpha, lora_dropout, **lora_kwargs: as `LoraConfig`. The dropout is active under `model.train()`.
     """
+    try:  # peft is the [train] extra: loading an adapter does not need it
+        from peft import LoraConfig
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    except ImportError as error:
+        raise ImportError("lora_for_language_model needs peft: pip install 'hf-vadapter[train]'.") from error
     model_type = model.config.text_config.model_type
     if target_modules is None:
         target_modules = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)

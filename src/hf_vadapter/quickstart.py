@@ -9,7 +9,7 @@
 5. save the adapter-only checkpoint with its processor;
 6. show captions and answers for held-out scenes and for real photos, and write `report.md` with the loss curve.
 
-`--quick` runs a smaller preset in about three minutes. The settings of both presets, and why they are what they
+`--quick` runs a smaller preset (its measured time is in BENCHMARKS.md). The settings of both presets, and why they are what they
 are, are in `PRESETS` and in `report.md`.
 """
 
@@ -34,7 +34,7 @@ class Preset:
     learning_rate: float = 2e-3
     warmup_steps: int = 30
     image_size: int = 126  # 9x9 DINOv2 patches of 14 px
-    # Early and middle tower layers: colour is linearly readable there (about 1.0 at layers 1-6, 0.88 after the last).
+    # Early and middle tower layers: colour is linearly readable there (probe accuracies: BENCHMARKS.md).
     feature_layers: List[int] = field(default_factory=lambda: [3, 6, 9])
     pool_size: int = 3  # 9x9 patches -> 3x3 tokens, one per cell of the scenes' 3x3 layout
     # After the question, the visual tokens attend to it (measured against "start": docs/training.md).
@@ -59,6 +59,7 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, quick: bool = False, se
     from .conversion.smollm2_gguf import convert_smollm2
     from .data.synthetic import build_synthetic_dataset
     from .evaluation.runner import evaluate_model
+    from .metrics.tables import headline
     from .report import show_examples, write_report
     from .training.arguments import DataArguments, ModelArguments, VisionAdapterTrainingArguments
     from .training.run import run_training
@@ -141,14 +142,9 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, quick: bool = False, se
     (output / "metrics.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     report = write_report(output, summary, examples, run.trainer.state.log_history)
     _stage(6, f"Report: {report}")
-    _print_headline(metrics)
+    for split, values in metrics.items():
+        print("  " + headline(split, values))
     print(f"\nTry it in the browser: python spaces_demo/app.py --checkpoint {output / 'adapter'}")
     return summary
 
 
-def _print_headline(metrics: Dict[str, Dict[str, float]]) -> None:
-    for split, values in metrics.items():
-        parts = [f"{key[len('vqa_accuracy_'):]} {100 * value:.0f}%" for key, value in sorted(values.items())
-                 if key.startswith("vqa_accuracy_")]
-        caption = f"CIDEr {values.get('cider', float('nan')):.2f}, BLEU-4 {values.get('bleu', float('nan')):.1f}"
-        print(f"  {split}: VQA {', '.join(parts)} | captions {caption}")

@@ -3,19 +3,12 @@
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-import torch
-
 from .data.photos import build_photo_dataset
 from .data.synthetic import build_synthetic_dataset
+from .evaluation.generation import answer
+from .metrics.tables import accuracy_table
 
 NUM_HELDOUT_SCENES = 4
-
-
-def _answer(model, processor, image, prompt: str, max_new_tokens: int = 32) -> str:
-    inputs = processor(images=[image], text=[prompt])
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 def _rows_by_image(dataset) -> Dict[str, List[dict]]:
@@ -45,25 +38,13 @@ def show_examples(model, processor, output_dir: Path, preset, seed: int) -> List
             captions = [row for row in rows if row["task"] == "caption"][:1]
             questions = [row for row in rows if row["task"] == "vqa"][:max_questions]
             for row in captions + questions:
-                answer = _answer(model, processor, images[image_id], row["prompt"])
+                said = answer(model, processor, [images[image_id]], [row["prompt"]], max_new_tokens=32, do_sample=False)[0]
                 examples.append(
-                    {"source": source, "image": path.name, "prompt": row["prompt"], "answer": answer,
+                    {"source": source, "image": path.name, "prompt": row["prompt"], "answer": said,
                      "reference": row["target"], "question_type": row["question_type"]}
                 )
-                print(f"  [{source} {image_id}] {row['prompt']}\n      model: {answer}\n      truth: {row['target']}")
+                print(f"  [{source} {image_id}] {row['prompt']}\n      model: {said}\n      truth: {row['target']}")
     return examples
-
-
-def _metric_table(metrics: Dict[str, Dict[str, float]]) -> List[str]:
-    splits = list(metrics)
-    keys = sorted({key for values in metrics.values() for key in values if key.startswith("vqa_accuracy")})
-    lines = ["| metric | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
-    for key in keys:
-        name = "VQA accuracy, all" if key == "vqa_accuracy" else f"VQA accuracy, {key[len('vqa_accuracy_'):]}"
-        lines.append(f"| {name} | " + " | ".join(f"{100 * metrics[s].get(key, float('nan')):.1f}%" for s in splits) + " |")
-    for key, name in (("cider", "caption CIDEr"), ("bleu", "caption BLEU-4")):
-        lines.append(f"| {name} | " + " | ".join(f"{metrics[s].get(key, float('nan')):.2f}" for s in splits) + " |")
-    return lines
 
 
 def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[Dict[str, Any]], log_history) -> Path:
@@ -86,11 +67,8 @@ def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[D
         f"- Prompt: plain text (no chat template), the image placed "
         f"{'after' if settings['image_placement'] == 'end' else 'before'} the question "
         f"(`image_placement=\"{settings['image_placement']}\"`).",
-        "- Why the MLP projector: in `benchmarks/paper_claims.py` (same data, 100 steps per adapter, see "
-        "BENCHMARKS.md) it has the cheapest step of the prefix adapters (0.91 s against 1.5-2.2 s) and every "
-        "PaLM2-VAdapter arm ended at a higher validation loss; the 6-layer perceiver resampler ended lower (1.59 vs "
-        "1.99) at twice the step and 43 times the trainable parameters. LLaMA-Adapter V2 and eP-ALM reached lower "
-        "validation losses, with colour and shape answers within one question of the MLP's, but their in-layer hooks "
+        "- Why the MLP projector: `benchmarks/paper_claims.py` compares every adapter on the same data (step cost, "
+        "validation loss, answers per question type); its measured figures are in BENCHMARKS.md. In-layer adapters "
         "keep the LM in fp32, where the quickstart runs it in bf16 for a cheaper step.",
         f"- Training loss: {losses[0]:.3f} at the first log, {losses[-1]:.3f} at the last." if losses else "",
         "- Time: " + ", ".join(f"{key[:-2]} {value:.0f} s" for key, value in summary["timings"].items()) + ".",
@@ -99,7 +77,7 @@ def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[D
         "",
         "`test` holds scenes like the training ones; `test_heldout` holds colour-shape pairs never seen in training.",
         "",
-        *_metric_table(summary["metrics"]),
+        *accuracy_table(summary["metrics"]),
         "",
         "![loss curve](adapter/loss_curve.png)",
         "",

@@ -1,13 +1,25 @@
-"""Batched generation over example rows: left-padded prompts, greedy (or beam) decoding with the KV cache."""
+"""Generate and decode answers: for images and prompts (`answer`), or batched over example rows
+(`generate_predictions`: left-padded prompts, greedy or beam decoding with the KV cache). Both go through
+`generate_answers`, the one place that generates and decodes."""
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from ..training.collator import VisionAdapterCollator
 
-SCORED_TASKS = ("caption", "vqa")
+@torch.no_grad()
+def generate_answers(model, processor, inputs: Mapping[str, torch.Tensor], **generate_kwargs) -> List[str]:
+    """`model.generate` on processor outputs, then only the new tokens of each row, decoded and stripped."""
+    output = model.generate(**inputs, **generate_kwargs)
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def answer(model, processor, images: Sequence[Any], prompts: Sequence[str], **generate_kwargs) -> List[str]:
+    """The model's answer to each (image, prompt) pair; `generate_kwargs` go to `model.generate`."""
+    return generate_answers(model, processor, processor(images=list(images), text=list(prompts)), **generate_kwargs)
 
 
 @torch.no_grad()
@@ -41,16 +53,16 @@ def generate_predictions(
             # The cache needs the tower's pixels here: generation feeds images at prefill only.
             chunk = [{key: value for key, value in row.items() if key != "image_hash"} for row in chunk]
             inputs = {key: value.to(device) for key, value in collator(chunk).items()}
-            output = model.generate(
-                **inputs,
+            predictions += generate_answers(
+                model,
+                processor,
+                inputs,
                 max_new_tokens=max_new_tokens,
                 num_beams=num_beams,
                 do_sample=False,
                 use_cache=True,
                 pad_token_id=processor.tokenizer.pad_token_id,
             )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            predictions.extend(text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True))
             bar.update(len(chunk))
     finally:
         bar.close()

@@ -15,7 +15,8 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from ..modeling.modeling_vadapter import VisionAdapterForCausalLM, has_checkpoint_file
+from ..modeling.file_resolution import has_checkpoint_file
+from ..modeling.modeling_vadapter import VisionAdapterForCausalLM
 from ..modeling.processing_vadapter import VisionAdapterProcessor
 from .generation import generate_predictions
 from .scoring import score_predictions, scored_rows

@@ -21,7 +21,6 @@ from .collator import VisionAdapterCollator
 from .data import load_eval_split, load_splits
 from .feature_cache import FeatureCache, FeatureStore
 from .instructions import build_instruction_examples, load_instruction_dataset, read_alpaca_json
-from .joint import ModalityGroupedSampler, modality_parameter_groups
 from .run import TrainingRun, build_model_and_processor, run_training
 from .trainer import VisionAdapterTrainer
 
@@ -31,7 +30,6 @@ __all__ = [
     "FeatureCache",
     "FeatureStore",
     "LossCurveCallback",
-    "ModalityGroupedSampler",
     "ModelArguments",
     "TrainingRun",
     "VisionAdapterCollator",
@@ -44,7 +42,6 @@ __all__ = [
     "load_instruction_dataset",
     "load_partial_adapter",
     "load_splits",
-    "modality_parameter_groups",
     "parse_arguments",
     "plot_loss_curve",
     "read_alpaca_json",

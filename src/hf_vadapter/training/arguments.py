@@ -113,15 +113,15 @@ class ModelArguments:
         return loaded
 
     def build_adapter_config(self) -> AdapterConfig:
-        """The adapter config dataclass. A PaLM2-VAdapter stage-2 config naming `stage1_name_or_path` is built with
-        `from_stage1`, so that its tiny LM is taken from the stage-1 checkpoint (the paper's progressive handoff)."""
+        """The adapter config dataclass. For a family with a stage handoff (`supports_stage_handoff`, such as
+        PaLM2-VAdapter), a config naming the previous stage's checkpoint in `stage1_name_or_path` is built with
+        `from_previous_stage`, so that it starts from that checkpoint (the paper's progressive handoff)."""
         values = self.adapter_config_dict()
         values.pop("adapter_type", None)
         config_class = ADAPTER_REGISTRY[self.adapter_type][0]
-        stage1 = values.get("stage1_name_or_path")
-        if stage1 and hasattr(config_class, "from_stage1"):
-            values.pop("stage1_name_or_path")
-            return config_class.from_stage1(stage1, **values)
+        previous = values.get("stage1_name_or_path")
+        if previous and config_class.supports_stage_handoff:
+            return config_class.from_previous_stage(previous, **values)
         return config_class.from_dict(values)
 
     def torch_dtype(self, name: Optional[str] = "dtype"):
@@ -251,13 +251,6 @@ class VisionAdapterTrainingArguments(TrainingArguments):
     )
     csv_log: bool = field(default=True, metadata={"help": "Append every logged value to <output_dir>/log.csv."})
     loss_curve: bool = field(default=True, metadata={"help": "Write <output_dir>/loss_curve.png at the end."})
-    modality_grouped_batches: Optional[bool] = field(
-        default=None,
-        metadata={
-            "help": "Make every optimizer step all image-text or all text-only (joint training). Default: on when "
-            "instruction data is mixed in."
-        },
-    )
 
     def __post_init__(self):
         if self.report_to == "auto":

@@ -25,10 +25,10 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..modeling.configuration_vadapter import IGNORE_INDEX
 from ..modeling.errors import ImageTokenMismatchError
 
 IMAGE_KEYS = ("pixel_values", "image_features")
-IGNORE_INDEX = -100
 
 
 def split_by_image(

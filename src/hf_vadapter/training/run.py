@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import datasets
 from transformers import TrainerCallback, set_seed
 
+from ..conversion.model_card import RUN_CONFIG_NAME
 from ..modeling.modeling_vadapter import VisionAdapterForCausalLM
 from ..modeling.processing_vadapter import VisionAdapterProcessor
 from .arguments import DataArguments, ModelArguments, VisionAdapterTrainingArguments
@@ -29,7 +30,6 @@ from .feature_cache import FeatureCache
 from .trainer import VisionAdapterTrainer
 
 logger = logging.getLogger(__name__)
-RUN_CONFIG_NAME = "run_config.json"
 
 
 @dataclass

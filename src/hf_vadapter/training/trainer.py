@@ -11,8 +11,10 @@ What it changes, and nothing else:
 - **Evaluation generates** (`evaluation_loop`): after the loss, the evaluation rows are answered with batched,
   cached generation and scored (CIDEr + BLEU for captions, VQAv2 accuracy overall and per question type), so
   `metric_for_best_model="cider"` or `"vqa_accuracy"` and `EarlyStoppingCallback` work on them.
-- **Joint training** (`training_step`, `_get_train_sampler`): modality-grouped batches and disjoint parameter groups,
-  see `joint.py`.
+- **Joint training** (`compute_loss`): an adapter that routes its gradients by modality (LLaMA-Adapter V2's disjoint
+  groups, `VisionAdapter.routes_gradients_by_modality`) needs each forward to hold one kind of row, so a batch mixing
+  image-text and text-only rows runs as two forwards (`joint_training.joint_loss`). The routing itself is the
+  adapter's: nothing here touches gradients.
 """
 
 import logging
@@ -36,14 +38,8 @@ from .checkpointing import (
     save_adapter_files,
     staging_name,
 )
-from .collator import image_flags
-from .joint import ModalityGroupedSampler, batch_modality, drop_other_group_grads, modality_parameter_groups
+from .joint_training import joint_loss
 from .length_sampler import LengthBucketSampler
-
-try:  # the mixed-batch split of LLaMA-Adapter V2's joint training
-    from .joint_training import joint_loss
-except ImportError:  # pragma: no cover
-    joint_loss = None
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +57,8 @@ class VisionAdapterTrainer(Trainer):
             self.add_callback(CSVLoggerCallback())
         if getattr(self.args, "loss_curve", False):
             self.add_callback(LossCurveCallback())
-        self.modality_groups = modality_parameter_groups(self._adapter_model())
-        if self.modality_groups is not None:
-            logger.info(
-                "Joint training: %d image-text and %d text-only parameters.",
-                len(self.modality_groups["image"]),
-                len(self.modality_groups["text"]),
-            )
+        model = self._adapter_model()
+        self.splits_mixed_batches = model is not None and model.adapter.routes_gradients_by_modality
 
     def _adapter_model(self) -> Optional[VisionAdapterForCausalLM]:
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
@@ -156,26 +147,16 @@ class VisionAdapterTrainer(Trainer):
             return
         super()._load_best_model()
 
-    # ------------------------------------------------------------------------------------------ joint training
+    # ------------------------------------------------------------------------------------------ batches
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         length_column = self.args.length_column_name
-        if (
-            self.args.train_sampling_strategy == "group_by_length"
-            and self.modality_groups is None
-            and length_column in getattr(dataset, "column_names", ())
+        if self.args.train_sampling_strategy == "group_by_length" and length_column in getattr(
+            dataset, "column_names", ()
         ):
             return LengthBucketSampler(dataset[length_column], self._global_batch_size(), seed=self._data_seed())
-        grouped = getattr(self.args, "modality_grouped_batches", None)
-        if grouped is None:
-            grouped = self.modality_groups is not None
-        if not grouped or dataset is None or not hasattr(dataset, "column_names"):
-            return super()._get_train_sampler(train_dataset)
-        flags = image_flags(dataset)
-        if all(flags) or not any(flags):
-            return super()._get_train_sampler(train_dataset)
-        return ModalityGroupedSampler(flags, group_size=self._global_batch_size(), seed=self._data_seed())
+        return super()._get_train_sampler(train_dataset)
 
     def _global_batch_size(self) -> int:
         return self.args.per_device_train_batch_size * self.args.world_size * self.args.gradient_accumulation_steps
@@ -185,7 +166,7 @@ class VisionAdapterTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         has_image = inputs.pop("has_image", None)
-        if has_image is not None and self.modality_groups is not None and joint_loss is not None:
+        if has_image is not None and self.splits_mixed_batches:
             # A batch mixing image-text and text-only rows: each kind runs as its own forward, so each trains only
             # its own parameter group; the two losses add up to the whole batch's loss.
             loss = joint_loss(model, inputs, has_image, num_items_in_batch)
@@ -196,7 +177,6 @@ class VisionAdapterTrainer(Trainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        modality = batch_modality(inputs) if self.modality_groups is not None else None
         loss = super().training_step(model, inputs, num_items_in_batch)
         # The Trainer's own NaN filter already reads the loss on the host every step, so this adds no sync.
         if not bool(torch.isfinite(loss)):
@@ -205,8 +185,6 @@ class VisionAdapterTrainer(Trainer):
                 "the optimizer step, so the weights and the checkpoints saved so far stay finite. Resume from the "
                 "last checkpoint with a lower learning_rate, float32 instead of float16, or max_grad_norm set."
             )
-        if self.modality_groups is not None:
-            drop_other_group_grads(self._adapter_model(), self.modality_groups, modality)
         return loss
 
     # ------------------------------------------------------------------------------------------ evaluation

@@ -110,7 +110,7 @@ def test_prompt_tokens_follow_the_cells_and_start_as_rows_of_the_lms_embeddings(
     assert projector.num_image_tokens == 4 + 3
     rows = [int((table == row).all(-1).nonzero()[0]) for row in projector.prompt.detach()]
     assert len(rows) == 3  # each prompt token is a copy of some row of the embedding table
-    tokens = projector(torch.randn(2, 1, 1, 36, 4))  # [B, 7, D]
+    tokens = projector(torch.randn(2, 1, 1, 36, 4)).tokens  # [B, 7, D]
     assert torch.equal(tokens[:, 4:], projector.prompt.detach().expand(2, -1, -1))
     tokens.sum().backward()
     assert projector.prompt.grad is not None and projector.prompt.grad.abs().sum() > 0

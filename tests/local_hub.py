@@ -1,25 +1,35 @@
-"""A small in-memory Hugging Face Hub server on 127.0.0.1, for tests.
+"""A small in-memory Hugging Face Hub server on 127.0.0.1, for tests: model repos only.
 
-The real ``huggingface_hub`` client (and ``transformers`` on top of it) talks to it
-when ``HF_ENDPOINT`` points here. ``HF_ENDPOINT`` is read when ``huggingface_hub``
-is imported, so run the client in a subprocess: ``client_env`` builds its
-environment and ``run_client`` runs a snippet and returns what it prints.
+huggingface_hub offers no supported offline stand-in for uploads (its own tests run against a staging Hub), so the
+push and load tests run the real ``huggingface_hub`` client (and ``transformers`` on top of it) against this fake
+when ``HF_ENDPOINT`` points here. ``HF_ENDPOINT`` is read when ``huggingface_hub`` is imported, so run the client in a
+subprocess: ``client_env`` builds its environment and ``run_client`` runs a snippet and returns what it prints.
 
     with running_local_hub(tmp_path, tokens={"hf_alice": "alice"}) as hub:
         run_client(hub, "hf_alice", "...; print(json.dumps(result))")
 
-The endpoints follow what huggingface_hub 2.4.0 calls (hf_api.py, file_download.py,
-_commit_api.py, utils/_http.py), for model and dataset repositories:
+What it must track. The fake answers only what hf_vadapter's push (``hf_vadapter.hub.push``) and loading through
+transformers call, as huggingface_hub 2.4.0 sends it; a new huggingface_hub release that changes any of these breaks
+tests/test_local_hub.py first (it drives each endpoint with the real client), and that is where to look:
+
+- the routes and their JSON shapes (hf_api.py: whoami, create_repo, create_branch, model_info, list_repo_tree;
+  _commit_api.py: the preupload answer and the NDJSON commit payload; file_download.py: the resolve redirect and the
+  ``X-Repo-Commit`` / ``ETag`` headers);
+- the error headers the client turns into typed errors (utils/_http.py: ``X-Error-Code`` RepoNotFound,
+  RevisionNotFound, EntryNotFound);
+- blob ids as git blob SHA-1s (the client skips unchanged files by comparing them).
+
+The endpoints:
 
 - ``GET  /api/whoami-v2``                                   whoami
 - ``POST /api/repos/create``                                create_repo (409 if it exists)
 - ``POST /api/validate-yaml``                               README.md check (accepts everything)
-- ``POST /api/{type}s/{repo}/preupload/{rev}``              upload mode: always "regular"
-- ``POST /api/{type}s/{repo}/commit/{branch}``              NDJSON commit: inline files, deletions
-- ``POST /api/{type}s/{repo}/branch/{branch}``              create_branch
-- ``GET  /api/{type}s/{repo}/tree/{rev}[/{path}]``          list_repo_tree / list_repo_files
-- ``GET  /api/{type}s/{repo}[/revision/{rev}]``             model_info / dataset_info / repo_info
-- ``GET|HEAD /[datasets/]{repo}/resolve/{rev}/{path}``      downloads; a branch name answers
+- ``POST /api/models/{repo}/preupload/{rev}``               upload mode: always "regular"
+- ``POST /api/models/{repo}/commit/{branch}``               NDJSON commit: inline files, deletions
+- ``POST /api/models/{repo}/branch/{branch}``               create_branch
+- ``GET  /api/models/{repo}/tree/{rev}[/{path}]``           list_repo_tree / list_repo_files
+- ``GET  /api/models/{repo}[/revision/{rev}]``              model_info / repo_info
+- ``GET|HEAD /{repo}/resolve/{rev}/{path}``                 downloads; a branch name answers
   307 to the same path pinned at the branch's commit, like the Hub's own redirect.
 
 Uploads: the client takes each file's upload mode from the preupload answer alone
@@ -38,14 +48,14 @@ unchanged files); commit ids are 40-hex SHA-1s over the parent, files, message a
 a sequence number; folder ids are SHA-1s over the files below them (not git's tree
 format).
 
-NOT covered: LFS and Xet uploads or downloads (preupload never answers "lfs", a
+NOT covered: dataset and Space repos; LFS and Xet uploads or downloads (preupload never answers "lfs", a
 ``lfsFile`` commit op is refused; the client must run with ``HF_HUB_DISABLE_XET=1``,
 which ``client_env`` sets); ``.gitignore`` rules (nothing is ever "shouldIgnore");
 pull requests (``create_pr`` is refused), tags, refs listing, short commit ids,
 branch/repo deletion, repo renames and their redirects, namespace-less repo ids
 ("gpt2"); organisations, token scopes, gated repos; README metadata validation;
 ``expand``/``lastCommit``/security fields; Range requests (the full file is sent,
-which the client accepts); pagination (one page); spaces and kernels; rate limits;
+which the client accepts); pagination (one page); kernels; rate limits;
 persistence (all state lives in memory and dies with the server).
 """
 
@@ -76,8 +86,8 @@ INITIAL_GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 _COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _REPO = rf"(?P<repo>{_NAME}/{_NAME})"
-_API_REPO = rf"/api/(?P<kind>models|datasets)/{_REPO}"
-_RESOLVE = rf"/(?P<datasets>datasets/)?{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)"
+_API_REPO = rf"/api/models/{_REPO}"
+_RESOLVE = rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)"
 
 
 class HubError(Exception):
@@ -95,11 +105,6 @@ class HubError(Exception):
 def git_blob_oid(data: bytes) -> str:
     """The git blob SHA-1 of ``data``, as ``git hash-object`` computes it."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _url_prefix(kind: str) -> str:
-    """The web path prefix of a repo type: ``datasets/`` for datasets, nothing for models."""
-    return "datasets/" if kind == "dataset" else ""
 
 
 def _now() -> str:
@@ -120,9 +125,8 @@ class Commit:
 
 @dataclass
 class Repo:
-    """A repository: visibility, branch heads and every commit by id."""
+    """A model repository: visibility, branch heads and every commit by id."""
 
-    kind: str  # "model" or "dataset"
     repo_id: str
     private: bool
     created_at: str
@@ -133,11 +137,6 @@ class Repo:
     def owner(self) -> str:
         """The namespace, which is also the only user allowed to write."""
         return self.repo_id.split("/")[0]
-
-    @property
-    def url_prefix(self) -> str:
-        """The web path prefix: ``datasets/`` for datasets, nothing for models."""
-        return _url_prefix(self.kind)
 
     def resolve(self, revision: str) -> Commit:
         """The commit a branch name or full commit id points to."""
@@ -152,7 +151,7 @@ class HubState:
 
     def __init__(self, tokens: Mapping[str, str]):
         self.tokens = dict(tokens)
-        self.repos: dict[tuple[str, str], Repo] = {}
+        self.repos: dict[str, Repo] = {}
         self.blobs: dict[str, bytes] = {}
         self.lock = threading.RLock()
         self._sequence = 0
@@ -166,37 +165,37 @@ class HubState:
             raise HubError(401, "Invalid credentials in Authorization header")
         return self.tokens[token]
 
-    def readable(self, kind: str, repo_id: str, user: str | None) -> Repo:
+    def readable(self, repo_id: str, user: str | None) -> Repo:
         """The repo if ``user`` may read it, else the Hub's RepoNotFound answer."""
-        repo = self.repos.get((kind, repo_id))
+        repo = self.repos.get(repo_id)
         if repo is None or (repo.private and user != repo.owner):
             status = 401 if user is None else 404
             raise HubError(status, "Repository not found", "RepoNotFound")
         return repo
 
-    def writable(self, kind: str, repo_id: str, user: str | None) -> Repo:
+    def writable(self, repo_id: str, user: str | None) -> Repo:
         """The repo if ``user`` may write to it: 401 anonymous, 403 someone else's."""
         if user is None:
             raise HubError(401, "You must be authenticated to write")
-        repo = self.readable(kind, repo_id, user)
+        repo = self.readable(repo_id, user)
         if user != repo.owner:
             raise HubError(403, f"You don't have the rights to write to {repo_id}")
         return repo
 
-    def create_repo(self, kind: str, repo_id: str, private: bool, user: str | None) -> Repo:
+    def create_repo(self, repo_id: str, private: bool, user: str | None) -> Repo:
         """Create a repo holding the Hub's initial ``.gitattributes`` commit on ``main``."""
         if user is None:
             raise HubError(401, "You must be authenticated to create a repo")
         if repo_id.split("/")[0] != user:
             raise HubError(403, f"You don't have the rights to create a repo under {repo_id.split('/')[0]}")
         with self.lock:
-            if (kind, repo_id) in self.repos:
-                raise HubError(409, f"You already created this {kind} repo")
-            repo = Repo(kind=kind, repo_id=repo_id, private=private, created_at=_now())
+            if repo_id in self.repos:
+                raise HubError(409, "You already created this model repo")
+            repo = Repo(repo_id=repo_id, private=private, created_at=_now())
             first = self._new_commit(None, {".gitattributes": self.store(INITIAL_GITATTRIBUTES)}, "initial commit")
             repo.commits[first.oid] = first
             repo.branches["main"] = first.oid
-            self.repos[(kind, repo_id)] = repo
+            self.repos[repo_id] = repo
         return repo
 
     def commit(
@@ -310,11 +309,6 @@ class Request:
         except json.JSONDecodeError as error:
             raise HubError(400, f"Invalid JSON body: {error}") from error
 
-    @property
-    def kind(self) -> str:
-        """The repo type named by the URL: "model" or "dataset"."""
-        return "dataset" if self.args.get("kind") == "datasets" or self.args.get("datasets") else "model"
-
 
 @dataclass(frozen=True)
 class Response:
@@ -343,13 +337,13 @@ def _create_repo(hub: LocalHub, req: Request) -> Response:
     payload = req.json()
     kind = payload.get("type") or "model"
     name = payload.get("name") or ""
-    if kind not in ("model", "dataset") or not re.fullmatch(_NAME, name):
+    if kind != "model" or not re.fullmatch(_NAME, name):
         raise HubError(400, f"Unsupported repo type or name: {kind!r} {name!r}")
     private = payload.get("visibility") == "private" or payload.get("private") is True
     repo_id = f"{payload.get('organization') or req.user}/{name}"
-    url = f"{hub.endpoint}/{_url_prefix(kind)}{repo_id}"
+    url = f"{hub.endpoint}/{repo_id}"
     try:
-        hub.state.create_repo(kind, repo_id, private, req.user)
+        hub.state.create_repo(repo_id, private, req.user)
     except HubError as error:
         if error.status == 409:
             error.details["url"] = url  # create_repo(exist_ok=True) reads it from the 409 answer
@@ -366,7 +360,7 @@ def _writable_branch(hub: LocalHub, req: Request) -> tuple[Repo, str]:
     """The repo and branch of a write route; pull requests are refused."""
     if req.flag("create_pr"):
         raise HubError(400, "Pull requests are not supported by this local hub")
-    return hub.state.writable(req.kind, req.args["repo"], req.user), req.args["rev"]
+    return hub.state.writable(req.args["repo"], req.user), req.args["rev"]
 
 
 def _preupload(hub: LocalHub, req: Request) -> Response:
@@ -411,26 +405,26 @@ def _commit(hub: LocalHub, req: Request) -> Response:
     except (KeyError, ValueError) as error:  # bad JSON or base64 are ValueErrors
         raise HubError(400, f"Malformed commit payload: {error}") from error
     commit = hub.state.commit(repo, branch, operations, title, parent)
-    url = f"{hub.endpoint}/{repo.url_prefix}{repo.repo_id}/commit/{commit.oid}"
+    url = f"{hub.endpoint}/{repo.repo_id}/commit/{commit.oid}"
     return _json({"success": True, "commitOid": commit.oid, "commitUrl": url, "hookOutput": "", "pullRequestUrl": None})
 
 
 def _create_branch(hub: LocalHub, req: Request) -> Response:
     """``POST .../branch/{branch}``: new branch at ``startingPoint`` or the head of ``main``."""
-    repo = hub.state.writable(req.kind, req.args["repo"], req.user)
+    repo = hub.state.writable(req.args["repo"], req.user)
     hub.state.create_branch(repo, req.args["branch"], req.json().get("startingPoint"))
     return _json({})
 
 
 def _tree(hub: LocalHub, req: Request) -> Response:
     """``GET .../tree/{rev}[/{path}]``: one page listing files and folders."""
-    commit = hub.state.readable(req.kind, req.args["repo"], req.user).resolve(req.args["rev"])
+    commit = hub.state.readable(req.args["repo"], req.user).resolve(req.args["rev"])
     return _json(hub.state.tree(commit, req.args.get("path", "").strip("/"), req.flag("recursive")))
 
 
 def _repo_info(hub: LocalHub, req: Request) -> Response:
-    """``GET /api/{type}s/{repo}[/revision/{rev}]``: id, sha, privacy and siblings (sizes with ``blobs``)."""
-    repo = hub.state.readable(req.kind, req.args["repo"], req.user)
+    """``GET /api/models/{repo}[/revision/{rev}]``: id, sha, privacy and siblings (sizes with ``blobs``)."""
+    repo = hub.state.readable(req.args["repo"], req.user)
     commit = repo.resolve(req.args.get("rev", "main"))
     siblings = [
         {"rfilename": path, **({"size": len(hub.state.blobs[oid]), "blobId": oid} if req.flag("blobs") else {})}
@@ -455,15 +449,15 @@ def _repo_info(hub: LocalHub, req: Request) -> Response:
 
 
 def _resolve(hub: LocalHub, req: Request) -> Response:
-    """``GET|HEAD /[datasets/]{repo}/resolve/{rev}/{path}``: the file, or a 307 pinning a branch to its commit."""
-    repo = hub.state.readable(req.kind, req.args["repo"], req.user)
+    """``GET|HEAD /{repo}/resolve/{rev}/{path}``: the file, or a 307 pinning a branch to its commit."""
+    repo = hub.state.readable(req.args["repo"], req.user)
     commit = repo.resolve(req.args["rev"])
     path = req.args["path"]
     headers = {"X-Repo-Commit": commit.oid}
     if path not in commit.files:
         raise HubError(404, f"Entry not found: {path}", "EntryNotFound", headers)
     if req.args["rev"] != commit.oid:
-        headers["Location"] = f"/{repo.url_prefix}{repo.repo_id}/resolve/{commit.oid}/{quote(path)}"
+        headers["Location"] = f"/{repo.repo_id}/resolve/{commit.oid}/{quote(path)}"
         return Response(307, headers)
     oid = commit.files[path]
     headers.update({"ETag": f'"{oid}"', "Content-Type": "application/octet-stream"})

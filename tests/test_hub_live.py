@@ -36,7 +36,7 @@ import torch
 from pathlib import Path
 from huggingface_hub import HfApi
 import hf_vadapter
-from hf_vadapter.conversion.hub import push_adapter
+from hf_vadapter.hub.push import push_adapter
 from tiny_models import save_lm, save_tower
 
 root, suffix = Path(sys.argv[1]), sys.argv[2]

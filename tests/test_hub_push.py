@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 import hf_vadapter
 from conftest import build_model
 from hf_vadapter.modeling.adapter_config import ADAPTER_CONFIG_NAME
-from hf_vadapter.conversion.hub import HubPushError, add_push_arguments, inspect_checkpoint, push_adapter, run_push
-from hf_vadapter.conversion.model_card import read_training_info
+from hf_vadapter.hub.push import HubPushError, add_push_arguments, inspect_checkpoint, push_adapter, run_push
+from hf_vadapter.hub.model_card import read_training_info
 
 HUB_IDS = {"vision_model_name_or_path": "org/tiny-vit", "text_model_name_or_path": "org/tiny-llama"}
 

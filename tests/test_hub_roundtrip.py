@@ -25,7 +25,7 @@ import torch
 from pathlib import Path
 from huggingface_hub import HfApi
 import hf_vadapter
-from hf_vadapter.conversion.hub import push_adapter
+from hf_vadapter.hub.push import push_adapter
 from tiny_models import save_lm, save_tower
 
 root = Path(sys.argv[1])
@@ -185,7 +185,7 @@ def test_package_loads_pinned_revisions_private_repos_and_refuses_bad_tokens(hub
     script = """
     import torch
     from hf_vadapter import VisionAdapterForCausalLM
-    from hf_vadapter.conversion.hub import push_adapter
+    from hf_vadapter.hub.push import push_adapter
     root = sys.argv[1]
     inputs = torch.load(root + "/inputs.pt")
     def diff(model, tag):
@@ -232,7 +232,7 @@ from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 import hf_vadapter
-from hf_vadapter.conversion.hub import push_adapter
+from hf_vadapter.hub.push import push_adapter
 from tiny_models import build_tokenizer, save_lm, save_tower
 
 root = Path(sys.argv[1])

@@ -194,19 +194,14 @@ print(json.dumps({
     assert result["other_namespace"] == ["HfHubHTTPError", 403]
 
 
-def test_dataset_repo_roundtrip(hub: LocalHub) -> None:
-    """Dataset repos live under /api/datasets and /datasets/.../resolve."""
+def test_dataset_repos_are_refused(hub: LocalHub) -> None:
+    """The fake holds model repos only (what the push and loading use); a dataset repo gets a clear 400."""
     result = client(
         hub,
         "hf_alice",
-        '''
-api.create_repo("alice/data", repo_type="dataset")
-api.upload_file(path_or_fileobj=b"a,b\\n1,2\\n", path_in_repo="train.csv", repo_id="alice/data", repo_type="dataset")
-path = hf_hub_download("alice/data", "train.csv", repo_type="dataset")
-print(json.dumps([open(path).read(), api.list_repo_files("alice/data", repo_type="dataset")]))
-''',
+        'print(json.dumps(attempt(lambda: api.create_repo("alice/data", repo_type="dataset"))))',
     )
-    assert result == ["a,b\n1,2\n", [".gitattributes", "train.csv"]]
+    assert result == ["BadRequestError", 400]
 
 
 def test_transformers_autoconfig_fetches_pushed_config(hub: LocalHub) -> None:

@@ -18,7 +18,7 @@ import torch
 
 import hf_vadapter
 from conftest import build_model, kill_when_printed
-from hf_vadapter.conversion.hub import push_adapter
+from hf_vadapter.hub.push import push_adapter
 from hf_vadapter.modeling import safe_io
 from hf_vadapter.modeling.adapter_config import ADAPTER_WEIGHTS_NAME
 from hf_vadapter.modeling.checkpoint_files import MANIFEST_NAME, TEMP_PREFIX

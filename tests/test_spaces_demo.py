@@ -29,9 +29,15 @@ from PIL import Image
 from transformers import TextIteratorStreamer
 
 import hf_vadapter
-from conftest import build_model, random_image
+from conftest import build_model, random_image, run_without_hf_vadapter
 
 APP_PATH = Path(__file__).resolve().parent.parent / "spaces_demo" / "app.py"
+sys.path.insert(0, str(APP_PATH.parent))  # as when the Space runs app.py: its folder is importable
+from vadapter_demo import checkpoint as demo_checkpoint  # noqa: E402
+from vadapter_demo import examples as demo_examples  # noqa: E402
+from vadapter_demo import inputs as demo_inputs  # noqa: E402
+from vadapter_demo import settings as demo_settings  # noqa: E402
+
 SCREENSHOT_COPY = Path("/tmp/hf_vadapter_demo_screenshot.png")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
@@ -41,7 +47,7 @@ STREAM_QUESTIONS = ("How many shapes are there?", "Is there a blue star?", "What
 
 
 def load_app():
-    """spaces_demo/app.py as a module (the folder is not a package: the Space runs the file directly)."""
+    """spaces_demo/app.py as a module (the Space runs the file directly; its parts are the vadapter_demo package)."""
     spec = importlib.util.spec_from_file_location("hf_vadapter_spaces_demo_app", APP_PATH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -248,7 +254,7 @@ def test_browser_upload_ask_and_screenshot(app, server, checkpoint, scene_png, t
     _, model, processor = checkpoint
     question = "What color is the star?"  # the scene holds a triangle, a star and a square
     image = Image.open(scene_png).convert("RGB")
-    expected = direct_answer(model, processor, image, question, app.DEFAULT_MAX_NEW_TOKENS)  # the page's defaults
+    expected = direct_answer(model, processor, image, question, demo_settings.DEFAULT_MAX_NEW_TOKENS)  # the page's defaults
 
     requests = []
     with sync_api.sync_playwright() as playwright:
@@ -291,8 +297,8 @@ def test_browser_upload_ask_and_screenshot(app, server, checkpoint, scene_png, t
         shutil.copy(screenshot, artifacts / screenshot.name)
     # A textarea's value normalises line breaks; nothing else may differ.
     assert answer == expected.replace("\r\n", "\n").replace("\r", "\n")
-    example = Image.open(app.example_inputs()["caption"][0][0]).convert("RGB")
-    expected_caption = direct_answer(model, processor, example, "Describe the image.", app.DEFAULT_MAX_NEW_TOKENS)
+    example = Image.open(demo_examples.example_inputs()["caption"][0][0]).convert("RGB")
+    expected_caption = direct_answer(model, processor, example, "Describe the image.", demo_settings.DEFAULT_MAX_NEW_TOKENS)
     assert example_caption == expected_caption.replace("\r\n", "\n").replace("\r", "\n")
     assert "greedy" in status
     assert "ui-sans-serif" in font and "Source Sans" not in font, font
@@ -341,7 +347,7 @@ def test_handlers_turn_bad_inputs_into_messages(app, server, checkpoint, tmp_pat
     }
     for name, (outputs, phrase) in cases.items():
         answer, status = final(outputs)
-        assert answer.startswith(app.WARNING) and phrase in answer, (name, answer)
+        assert answer.startswith(demo_settings.WARNING) and phrase in answer, (name, answer)
         assert "Traceback" not in answer + status, name
 
 
@@ -356,13 +362,13 @@ def test_client_bad_uploads_get_messages(app, client, tmp_path):
     random_image(6).convert("L").save(gray)
     for path, phrase in ((empty_file, "empty"), (bomb, "pixel limit")):
         answer, _ = client.predict(handle_file(str(path)), *settings(), api_name="/caption")
-        assert answer.startswith(app.WARNING) and phrase in answer, answer
+        assert answer.startswith(demo_settings.WARNING) and phrase in answer, answer
     answer, _ = client.predict(handle_file(str(gray)), "", *settings(), api_name="/answer")
-    assert answer.startswith(app.WARNING) and "type a question" in answer
+    assert answer.startswith(demo_settings.WARNING) and "type a question" in answer
     answer, status = client.predict(handle_file(str(gray)), "Where is it?", *settings(), api_name="/answer")
-    assert not answer.startswith(app.WARNING) and "grayscale" in status
+    assert not answer.startswith(demo_settings.WARNING) and "grayscale" in status
     answer, _ = client.predict(None, "Where is it?", *settings(), api_name="/answer")
-    assert answer.startswith(app.WARNING) and "upload an image" in answer
+    assert answer.startswith(demo_settings.WARNING) and "upload an image" in answer
 
 
 
@@ -407,7 +413,7 @@ def test_only_files_gradio_received_as_uploads_are_opened(app, server, scene_png
     secret = tmp_path / "server_side.png"
     Image.new("RGB", (8, 8), "red").save(secret)
     missing = tmp_path / "missing.png"
-    upload_root = app.upload_folder()
+    upload_root = demo_inputs.upload_folder()
     escape = upload_root / f"escape-{os.getpid()}.png"  # a symlink inside the upload folder pointing out of it
     escape.symlink_to(secret)
     targets = {
@@ -425,14 +431,14 @@ def test_only_files_gradio_received_as_uploads_are_opened(app, server, scene_png
                 replies[name] = _call_over_http(url, "caption", [payload, *settings()])
             assert len(set(replies.values())) == 1, (shape, replies)  # nothing tells what exists on the server
             reply = next(iter(replies.values()))
-            assert app.NOT_AN_UPLOAD in reply or "event: error" in reply, (shape, reply)
-            assert app.NOT_AN_UPLOAD in replies["server image"] or shape == "FileData"
+            assert demo_settings.NOT_AN_UPLOAD in reply or "event: error" in reply, (shape, reply)
+            assert demo_settings.NOT_AN_UPLOAD in replies["server image"] or shape == "FileData"
     finally:
         escape.unlink()
 
     uploaded = _upload_over_http(url, "scene.png", scene_png.read_bytes())
     reply = _call_over_http(url, "caption", [{"path": uploaded}, *settings()])
-    assert "event: complete" in reply and app.NOT_AN_UPLOAD not in reply and "Nothing was generated" not in reply
+    assert "event: complete" in reply and demo_settings.NOT_AN_UPLOAD not in reply and "Nothing was generated" not in reply
 
 
 def test_truncated_png_and_nan_temperature_get_their_own_messages(app, server, scene_png):
@@ -477,7 +483,7 @@ def test_load_twenty_concurrent_requests_are_queued(app, server, client, checkpo
     elapsed = time.perf_counter() - start
 
     assert elapsed < 90, f"20 requests took {elapsed:.1f} s"
-    assert 1 <= demo_model.stats["peak_active"] <= app.CONCURRENCY_LIMIT, demo_model.stats
+    assert 1 <= demo_model.stats["peak_active"] <= demo_settings.CONCURRENCY_LIMIT, demo_model.stats
     assert demo_model.stats["peak_generating"] == 1, demo_model.stats
     assert demo_model.stats["active"] == demo_model.stats["generating"] == 0
 
@@ -488,18 +494,18 @@ def test_load_twenty_concurrent_requests_are_queued(app, server, client, checkpo
 def test_without_checkpoint_the_app_starts_and_explains(app, tmp_path, monkeypatch):
     from gradio_client import Client
 
-    monkeypatch.delenv(app.CHECKPOINT_ENV, raising=False)
+    monkeypatch.delenv(demo_settings.CHECKPOINT_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(app, "REPO_ROOT", tmp_path)  # no outputs/quickstart/adapter anywhere
+    monkeypatch.setattr(demo_settings, "REPO_ROOT", tmp_path)  # no outputs/quickstart/adapter anywhere
     demo_model = app.DemoModel.load()
     assert not demo_model.ready and demo_model.checkpoint is None
     demo = app.build_demo(demo_model, examples=False)
     _, url, _ = app.launch_demo(demo, host="127.0.0.1", port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         config = urllib.request.urlopen(url + "config", timeout=30).read().decode()
-        assert "bash scripts/quickstart.sh" in config and app.CHECKPOINT_ENV in config
+        assert "bash scripts/quickstart.sh" in config and demo_settings.CHECKPOINT_ENV in config
         answer, status = Client(url, verbose=False).predict(None, *settings(), api_name="/caption")
-        assert answer.startswith(app.WARNING) and "scripts/quickstart.sh" in answer and app.CHECKPOINT_ENV in answer
+        assert answer.startswith(demo_settings.WARNING) and "scripts/quickstart.sh" in answer and demo_settings.CHECKPOINT_ENV in answer
     finally:
         demo.close()
 
@@ -543,13 +549,13 @@ def test_info_panel_and_checkpoint_resolution(app, server, checkpoint, monkeypat
     assert "metrics.json" in info and "50.0%" in info and "25.0%" in info and "0.125" in info
     assert not demo_model.uses_expert_context
 
-    monkeypatch.setenv(app.CHECKPOINT_ENV, str(folder))
-    assert app.resolve_checkpoint() == (str(folder), app.CHECKPOINT_ENV)
-    assert app.resolve_checkpoint("other") == ("other", "--checkpoint")
-    monkeypatch.delenv(app.CHECKPOINT_ENV)
-    monkeypatch.setattr(app, "REPO_ROOT", folder.parent)
+    monkeypatch.setenv(demo_settings.CHECKPOINT_ENV, str(folder))
+    assert demo_checkpoint.resolve_checkpoint() == (str(folder), demo_settings.CHECKPOINT_ENV)
+    assert demo_checkpoint.resolve_checkpoint("other") == ("other", "--checkpoint")
+    monkeypatch.delenv(demo_settings.CHECKPOINT_ENV)
+    monkeypatch.setattr(demo_settings, "REPO_ROOT", folder.parent)
     monkeypatch.chdir(folder.parent)
-    assert app.resolve_checkpoint() == (None, "default")
+    assert demo_checkpoint.resolve_checkpoint() == (None, "default")
 
 
 def test_llama_adapter_v2_expert_context(app, tiny_bases, tmp_path):
@@ -567,3 +573,89 @@ def test_llama_adapter_v2_expert_context(app, tiny_bases, tmp_path):
     components = app.build_demo(demo_model, examples=False).get_config_file()["components"]
     box = [c for c in components if c.get("props", {}).get("elem_id") == "expert-context"]
     assert len(box) == 1 and box[0]["props"]["visible"] is True
+
+
+# ------------------------------------------------------------------------------------------------ a Space's own files
+
+
+def test_demo_runs_without_hf_vadapter(checkpoint, tmp_path):
+    """What a Space does: spaces_demo/ and its requirements only. The checkpoint loads through the Auto classes
+    and its own remote code, answers as the model does, and nothing imports hf_vadapter."""
+    folder, model, processor = checkpoint
+    image_path = tmp_path / "photo.png"
+    random_image(11, size=(48, 40)).save(image_path)
+    expected = direct_answer(model, processor, Image.open(image_path).convert("RGB"), "What color is the circle?")
+    result = run_without_hf_vadapter(
+        f"""
+        sys.path.insert(0, {str(APP_PATH.parent)!r})
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("space_app", {str(APP_PATH)!r})
+        app = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(app)
+        demo_model = app.DemoModel.load({str(folder)!r})
+        assert demo_model.ready, demo_model.error
+        answer, status = list(demo_model.answer({str(image_path)!r}, "What color is the circle?", 12))[-1]
+        from PIL import Image
+        empty, _ = list(demo_model.caption(Image.new("RGB", (0, 0)), 12))[-1]
+        components = app.build_demo(demo_model, examples=False).get_config_file()["components"]
+        box = [c for c in components if c.get("props", {{}}).get("elem_id") == "expert-context"]
+        print(json.dumps({{
+            "answer": answer, "status": status, "empty": empty, "box_visible": box[0]["props"]["visible"],
+            "model_module": type(demo_model.model).__module__,
+            "processor_module": type(demo_model.processor).__module__,
+            "hf_vadapter_modules": [name for name, module in sys.modules.items()
+                                    if name.startswith("hf_vadapter") and module is not None],
+        }}))
+        """
+    )
+    assert result["hf_vadapter_modules"] == []
+    assert result["model_module"].startswith("transformers_modules.")
+    assert result["processor_module"].startswith("transformers_modules.")
+    assert result["answer"] == expected and "new tokens" in result["status"]
+    # The checkpoint's own typed error (InvalidImageError from its processing code) is shown as a message.
+    assert result["empty"].startswith(demo_settings.WARNING) and "empty" in result["empty"]
+    assert result["box_visible"] is False
+
+
+def test_space_files_never_import_hf_vadapter():
+    """The Space's code imports no hf_vadapter module, and its requirements install nothing from a placeholder."""
+    import ast
+
+    for path in sorted(APP_PATH.parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(name.split(".")[0] == "hf_vadapter" for name in names), (path, ast.dump(node))
+    requirements = (APP_PATH.parent / "requirements.txt").read_text(encoding="utf-8")
+    lines = [line.split("#")[0].strip() for line in requirements.splitlines()]
+    packages = {line.split("=")[0].split(">")[0].split("<")[0].strip().lower() for line in lines
+                if line and not line.startswith("-")}
+    assert packages == {"torch", "transformers", "safetensors", "pillow", "gradio"}, packages
+    assert "OWNER" not in requirements and "git+" not in requirements
+
+
+def test_expert_context_template_matches_the_library():
+    from hf_vadapter.experts import DEFAULT_TEMPLATE, add_expert_context
+
+    assert demo_inputs.EXPERT_CONTEXT_TEMPLATE == DEFAULT_TEMPLATE
+    image = random_image(2)
+    assert demo_inputs.with_expert_context("Q?", "ctx") == add_expert_context("Q?", image, lambda _: "ctx")
+    assert demo_inputs.with_expert_context("Q?", "") == add_expert_context("Q?", image, lambda _: "")
+
+
+def test_shipped_examples_are_listed_and_current():
+    """Every example file exists and is listed; the scenes equal what hf_vadapter.data.synthetic renders today."""
+    import numpy as np
+    from hf_vadapter.data.synthetic import build_synthetic_dataset
+
+    index = json.loads((demo_examples.EXAMPLES_DIR / demo_examples.EXAMPLES_INDEX).read_text())["examples"]
+    files = {path.name for path in demo_examples.EXAMPLES_DIR.iterdir()} - {demo_examples.EXAMPLES_INDEX}
+    assert files == {entry["file"] for entry in index}
+    rows = demo_examples.example_inputs()
+    assert len(rows["caption"]) == len(index) and len(rows["qa"]) == sum(bool(e["question"]) for e in index)
+    scenes = [entry for entry in index if entry["file"].endswith(".png")]
+    fresh = build_synthetic_dataset("test", len(scenes), image_size=224)
+    fresh_images = {row["image_id"]: row["image"] for row in fresh}
+    for entry in scenes:
+        shipped = np.asarray(Image.open(demo_examples.EXAMPLES_DIR / entry["file"]).convert("RGB"))
+        assert np.array_equal(shipped, np.asarray(fresh_images[entry["file"][:-4]].convert("RGB"))), entry["file"]

@@ -261,7 +261,7 @@ def convert_original_command(parser: argparse.ArgumentParser) -> Handler:
 
 @command("push", help="Push an adapter-only checkpoint (with a model card) to the Hugging Face Hub.")
 def push_command(parser: argparse.ArgumentParser) -> Handler:
-    from .conversion.hub import add_push_arguments, run_push
+    from .hub.push import add_push_arguments, run_push
 
     add_push_arguments(parser)
     return run_push

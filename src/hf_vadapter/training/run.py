@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import datasets
 from transformers import TrainerCallback, set_seed
 
-from ..conversion.model_card import RUN_CONFIG_NAME
+from ..hub.model_card import RUN_CONFIG_NAME
 from ..modeling.modeling_vadapter import VisionAdapterForCausalLM
 from ..modeling.processing_vadapter import VisionAdapterProcessor
 from .arguments import DataArguments, ModelArguments, VisionAdapterTrainingArguments

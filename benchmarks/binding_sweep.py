@@ -14,6 +14,8 @@ order, with the same optimiser, schedule, batch and seed; only the adapter's out
 - `..._grid`: each cell introduced by the LM's own words for its grid position (`cell_prefix_ids`);
 - `..._prompt`: 8 learned free tokens after the cells (`num_prompt_tokens`);
 - `..._bow`: plus a loss tying the word mixtures to the caption's tokens (an image-level bag of tokens);
+- `..._distill`: the frozen LM reading the image's caption in words is a teacher (KL on the answer, layer-normed
+  hidden states at the answer positions matched at layers 8/16/24);
 - `..._pack`: all turns of an image (its questions and caption) in one multi-turn sequence.
 
 Training uses images, prompts and targets only (the synthetic generator's per-object labels are never read).
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
+from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import backbone_paths, machine  # noqa: E402
@@ -52,7 +55,7 @@ OUT = Path("outputs/binding_sweep")
 
 def arm_config(name: str, tokenizer, captions: List[str]) -> MLPProjectorConfig:
     fields = dict(feature_layers=LAYERS, pool_size=POOL)
-    base = name.replace("_grid", "").replace("_pack", "").replace("_bow", "").replace("_prompt", "")
+    base = name.replace("_grid", "").replace("_pack", "").replace("_bow", "").replace("_prompt", "").replace("_distill", "")
     if base.startswith("slots"):
         fields["tokens_per_cell"] = int(base[len("slots"):])
     elif base.startswith("words"):
@@ -136,7 +139,43 @@ def caption_bag_loss(model, image_features, bags) -> torch.Tensor:
     return torch.nn.functional.binary_cross_entropy(picked.clamp(1e-6, 1 - 1e-6), bags)
 
 
-def train_arm(name, config, paths, features, train_items, args, dtype, bags=None) -> Dict:
+DISTILL_LAYERS = (8, 16, 24)
+
+
+def caption_teacher_loss(model, processor, items, batch, student, captions) -> torch.Tensor:
+    """The frozen LM reading the image's caption in words is the teacher: KL to its answer distribution plus the
+    distance between layer-normed hidden states at the answer positions (layers `DISTILL_LAYERS`). Caption rows are
+    left to the plain loss."""
+    keep = [i for i, item in enumerate(items) if item["type"] != "caption"]
+    if not keep:
+        return student.loss.new_zeros(())
+    teacher = processor(
+        text=[items[i]["prompt"] + "\n" + captions[items[i]["index"]] for i in keep],
+        text_target=[items[i]["target"] for i in keep],
+    )
+    mask = teacher["attention_mask"]
+    with torch.no_grad():
+        out = model.language_model(
+            input_ids=teacher["input_ids"], attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            output_hidden_states=True, logits_to_keep=1,
+        )
+    at_teacher = teacher["labels"][:, 1:] != -100  # [Bt, St-1]: positions predicting an answer token
+    at_student = batch["labels"][keep][:, 1:] != -100  # [Bt, Ss-1]
+    loss = 0.0
+    for layer in DISTILL_LAYERS:
+        t = out.hidden_states[layer][:, :-1][at_teacher].float()  # [N, D]
+        s = student.hidden_states[layer][keep][:, :-1][at_student].float()  # [N, D]
+        loss = loss + nn.functional.mse_loss(nn.functional.layer_norm(s, s.shape[-1:]), nn.functional.layer_norm(t, t.shape[-1:]))
+    final = model.language_model.get_output_embeddings()
+    teacher_logits = final(out.hidden_states[-1][:, :-1][at_teacher]).float()  # [N, V]
+    student_rows = (batch["labels"][:, 1:] != -100).sum(1)  # answer tokens per row, for picking the kept rows' logits
+    offsets = torch.cat([student_rows.new_zeros(1), student_rows.cumsum(0)])
+    student_logits = torch.cat([student.logits[offsets[i] : offsets[i + 1]] for i in keep]).float()  # [N, V]
+    kl = nn.functional.kl_div(student_logits.log_softmax(-1), teacher_logits.log_softmax(-1), log_target=True, reduction="batchmean")
+    return loss / len(DISTILL_LAYERS) + kl
+
+
+def train_arm(name, config, paths, features, train_items, args, dtype, bags=None, captions=None) -> Dict:
     torch.manual_seed(args.seed)
     model = VisionAdapterForCausalLM.from_vision_text_pretrained(*paths, config, image_size=IMAGE_SIZE)
     model.cast_language_model(dtype).train()
@@ -162,7 +201,11 @@ def train_arm(name, config, paths, features, train_items, args, dtype, bags=None
         items = rows[start : start + BATCH]
         batch = packed_batch(processor, items, features) if pack else batch_of(processor, items, features)
         began = clock("cpu")
-        loss = model(**batch).loss
+        distill = "_distill" in name
+        output = model(**batch, output_hidden_states=distill)
+        loss = output.loss
+        if distill:
+            loss = loss + caption_teacher_loss(model, processor, items, batch, output, captions)
         if "_bow" in name:
             indices = [item["index"] for item in items]
             loss = loss + caption_bag_loss(model, batch["image_features"], bags[indices])
@@ -239,7 +282,8 @@ def main(argv=None):
                 if item["type"] == "caption":
                     for token in processor.tokenizer(item["target"], add_special_tokens=False)["input_ids"]:
                         bags[item["index"], position[token]] = 1.0
-        run = train_arm(name, config, paths, features["train"], items["train"], args, dtype, bags)
+        captions = {item["index"]: item["target"] for item in items["train"] if item["type"] == "caption"}
+        run = train_arm(name, config, paths, features["train"], items["train"], args, dtype, bags, captions)
         result = {"arm": name, "seed": args.seed, "steps": args.steps, "lm_dtype": str(dtype),
                   "num_image_tokens": run["model"].config.num_image_tokens,
                   **{k: run[k] for k in ("step_s", "train_cpu_min", "final_loss")}}

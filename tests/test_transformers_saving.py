@@ -117,7 +117,7 @@ def saved(pair, tmp_path_factory):
     model, processor = pair
     folder = tmp_path_factory.mktemp("adapter")
     model.generation_config.max_new_tokens = 7  # a generation setting that must survive the save
-    model.save_pretrained(folder, processor=processor)
+    model.save_adapter(folder, processor=processor)
     return folder
 
 
@@ -136,6 +136,7 @@ def test_adapter_folder_honours_attn_implementation_device_map_and_config_kwargs
 
 
 def test_adapter_folder_records_its_name_and_keeps_the_generation_config(saved):
+    assert (saved / "generation_config.json").is_file() and not (saved / "model.safetensors").exists()
     model = AutoModelForCausalLM.from_pretrained(saved, trust_remote_code=True)
     assert model.name_or_path == str(saved) and model.config._name_or_path == str(saved)
     assert model.generation_config.max_new_tokens == 7

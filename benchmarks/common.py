@@ -50,6 +50,7 @@ def build(adapter: str, image_size: int) -> VisionAdapterForCausalLM:
     model = VisionAdapterForCausalLM.from_vision_text_pretrained(
         vision, text, adapter_configs(image_size)[adapter], image_size=image_size
     )
+    model.config.supervised_logits_only = True  # as hf_vadapter's training runs it
     return model.train()
 
 

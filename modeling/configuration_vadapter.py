@@ -35,6 +35,9 @@ class VisionAdapterConfig(PretrainedConfig):
             model replaces placeholders before the embedding lookup, so the LM's embeddings are never resized.
         num_image_tokens: placeholders per image, fixed by the adapter and the tower geometry.
         vision_model_name_or_path / text_model_name_or_path / vision_revision / text_revision: the bases.
+        supervised_logits_only: when `forward` gets labels, compute the LM head only at the supervised positions and
+            return `logits` [N, V] instead of [B, S, V] (off by default, as `*ForCausalLM` models return every
+            position; hf_vadapter's training turns it on for speed). `forward(supervised_logits_only=...)` overrides.
     """
 
     model_type = "vision_adapter"
@@ -53,6 +56,7 @@ class VisionAdapterConfig(PretrainedConfig):
         vision_revision: Optional[str] = None,
         text_model_name_or_path: Optional[str] = None,
         text_revision: Optional[str] = None,
+        supervised_logits_only: bool = False,
         **kwargs,
     ):
         self.vision_config = _as_config(vision_config, "vision_config")
@@ -70,6 +74,7 @@ class VisionAdapterConfig(PretrainedConfig):
         self.vision_revision = vision_revision
         self.text_model_name_or_path = text_model_name_or_path
         self.text_revision = text_revision
+        self.supervised_logits_only = supervised_logits_only
         # PretrainedConfig.__init__ would reset the sub-configs' attention backends to None: keep the bases' own.
         kwargs.setdefault(
             "attn_implementation",

@@ -14,7 +14,7 @@ from transformers.utils import cached_file
 from .errors import BackboneMismatchError, CheckpointError
 
 # Loading keywords that concern where files come from, passed on to every Hub/folder lookup.
-HUB_KWARG_NAMES = ("cache_dir", "token", "local_files_only", "force_download")
+HUB_KWARG_NAMES = ("cache_dir", "token", "local_files_only", "force_download", "proxies")
 
 
 def hub_only(kwargs: Dict[str, Any]) -> Dict[str, Any]:

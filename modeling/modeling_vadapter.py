@@ -14,10 +14,17 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    GenerationConfig,
+    GenerationMixin,
+    PreTrainedModel,
+)
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
-from transformers.utils import logging
+from transformers.utils import GENERATION_CONFIG_NAME, logging
 
 from .adapter_base import AdapterOutput
 from .adapter_config import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, AdapterConfig, config_differences
@@ -36,7 +43,7 @@ from .finiteness import check_finite_weights
 from .mlp_projector import MLPProjectorConfig
 from .base_preprocessors import image_size_of, placeholder_token_id
 from .checkpoint_files import checkpoint_writer, verify_checkpoint, warn_on_code_skew
-from .file_resolution import HUB_KWARG_NAMES, check_tensors, has_checkpoint_file, hub_only, resolve_file
+from .file_resolution import HUB_KWARG_NAMES, check_tensors, has_checkpoint_file, hub_only, read_json_file, resolve_file
 from .safe_io import load_safetensors, save_safetensors
 from .vision_features import VisionGeometry, check_image_features, check_pixel_values, select_features
 
@@ -47,14 +54,26 @@ FULL_WEIGHTS_NAMES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_WEIGHTS_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 # The Auto classes a saved folder maps to this model's code.
 AUTO_MAP_MODEL_CLASSES = ("AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText")
+# Options of `PreTrainedModel.save_pretrained` that only a full save uses; an adapter-only save accepts and skips them.
+FULL_SAVE_OPTIONS = ("max_shard_size", "safe_serialization", "variant", "token", "save_peft_format", "save_original_format")
+# Loading options of an adapter-only checkpoint that both bases get (dtype aside, which also sets the adapter's).
+BASE_LOAD_KWARG_NAMES = ("device_map", "attn_implementation", "low_cpu_mem_usage", "max_memory")
+# Keywords transformers' Auto classes and pipelines add on their own; nothing to do with them here.
+PASSED_BY_TRANSFORMERS = ("trust_remote_code", "adapter_kwargs", "_from_auto", "_from_pipeline", "_commit_hash",
+                          "code_revision")
+ATTENTION_PARTS = ("vision_config", "text_config")
+# Config attributes every PretrainedConfig has: an override of one reaches the bases' configs too.
+GENERIC_CONFIG_ATTRIBUTES = ("output_hidden_states", "output_attentions", "return_dict")
+# What builds the model: not a keyword to override at load time.
+REQUIRED_CONFIG_STRUCTURE = ("vision_config", "text_config", "adapter_config", "model_type", "architectures",
+                             "auto_map", "num_image_tokens")
 
 
 @dataclass
 class VisionAdapterOutputWithPast(CausalLMOutputWithPast):
     """`CausalLMOutputWithPast` plus the in-layer adapter context that decode steps reuse.
 
-    When `labels` are given, `logits` holds only the supervised positions, flattened to [N, V]: the LM head is
-    never computed where no loss is taken.
+    `logits` is [B, S, V]; with labels and `supervised_logits_only`, only the supervised positions, [N, V].
     """
 
     adapter_context: Optional[Any] = None
@@ -258,6 +277,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         logits_to_keep: Union[int, torch.Tensor] = 0,
         image_features: Optional[torch.Tensor] = None,
         adapter_context: Optional[Any] = None,
+        supervised_logits_only: Optional[bool] = None,
         **kwargs,
     ) -> VisionAdapterOutputWithPast:
         r"""
@@ -268,8 +288,13 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             cache: the KV cache of earlier steps (transformers' `Cache`); `past_key_values` is accepted as its old
                 name.
             labels: [B, S] targets, -100 where nothing is supervised (`labels=input_ids` works: image placeholder
-                positions are never supervised). Logits and loss are computed at the supervised positions only.
+                positions are never supervised); the loss is taken at the supervised positions only.
             adapter_context: the in-layer context of a previous prefill, carried by `generate`.
+            supervised_logits_only: with labels, run the LM head only where the next token is supervised and return
+                `logits` [N, V] for those N positions (faster training: the head over the whole vocabulary is the
+                largest matmul of a small LM). Default: `config.supervised_logits_only` (False: `logits` is
+                [B, S, V], as every `*ForCausalLM` returns it; hf_vadapter's training turns it on). Its name holds
+                no "label": the Trainer takes every forward argument with "label" in its name for a label column.
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if cache is None:
@@ -308,10 +333,14 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         if labels is not None:
             if image_mask is not None:  # labels=input_ids (HF style) would supervise placeholder ids
                 labels = labels.masked_fill(image_mask, IGNORE_INDEX)
-            # Logit at t predicts token t + 1: keep only positions whose next token is supervised.
+            # Logit at t predicts token t + 1.
             next_labels = labels[:, 1:]
-            logits_to_keep = torch.zeros_like(labels, dtype=torch.bool)
-            logits_to_keep[:, :-1] = next_labels != IGNORE_INDEX
+            supervised = torch.zeros_like(labels, dtype=torch.bool)  # [B, S]
+            supervised[:, :-1] = next_labels != IGNORE_INDEX
+            if supervised_logits_only is None:
+                supervised_logits_only = getattr(self.config, "supervised_logits_only", False)
+            if supervised_logits_only:
+                logits_to_keep = supervised
 
         with self.adapter.injected(adapter_context, image_mask):
             outputs = self.language_model(
@@ -327,7 +356,8 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             targets = next_labels[next_labels != IGNORE_INDEX]  # [N]
-            loss = nn.functional.cross_entropy(outputs.logits.float(), targets, reduction="sum")
+            logits = outputs.logits if supervised_logits_only else outputs.logits[supervised]  # [N, V]
+            loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
             loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1))
         return VisionAdapterOutputWithPast(
             loss=loss,
@@ -424,7 +454,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         image_token: str = "<image>",
         image_token_id: Optional[int] = None,
         dtype: Optional[torch.dtype] = None,
-        attn_implementation: Optional[str] = None,
+        attn_implementation: Union[None, str, Dict[str, str]] = None,
         init_adapter_weights: bool = True,
         **load_kwargs,
     ) -> "VisionAdapterForCausalLM":
@@ -436,9 +466,11 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         once the processor adds it (`len(tokenizer)` for a new token).
         """
         shared = dict(dtype=dtype, **load_kwargs)
-        vision_tower = load_vision_tower(vision_model_name_or_path, revision=vision_revision, **shared)
+        vision_tower = load_vision_tower(
+            vision_model_name_or_path, revision=vision_revision, **shared, **_attention_for(attn_implementation, "vision")
+        )
         language_model = AutoModelForCausalLM.from_pretrained(
-            text_model_name_or_path, revision=text_revision, attn_implementation=attn_implementation, **shared
+            text_model_name_or_path, revision=text_revision, **shared, **_attention_for(attn_implementation, "text")
         )
         if image_size is None:
             image_size = image_size_of(vision_model_name_or_path, vision_revision, vision_tower.config)
@@ -466,6 +498,13 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         model.generation_config = language_model.generation_config
         if dtype is not None:  # "auto": the adapter takes the dtype the LM was stored in
             model.adapter.to(language_model.dtype if dtype == "auto" else dtype)
+        if load_kwargs.get("device_map") is not None:  # the adapter joins the LM's embeddings
+            model.adapter.to(language_model.get_input_embeddings().weight.device)
+            model.hf_device_map = {
+                f"{part}.{name}" if name else part: device
+                for part, base in (("vision_tower", vision_tower), ("language_model", language_model))
+                for name, device in (getattr(base, "hf_device_map", None) or {"": base.device}).items()
+            }
         return model.train(False)
 
     # ----------------------------------------------------------------------------------------------- adapter I/O
@@ -478,33 +517,71 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         }
 
     def save_adapter(self, save_directory: Union[str, os.PathLike], processor=None) -> None:
-        """Write an adapter-only checkpoint into `save_directory`, crash-safely.
+        """Write an adapter-only checkpoint into `save_directory`: `save_pretrained(save_directory, processor=...)`."""
+        self.save_pretrained(save_directory, processor=processor)
 
-        The folder gets `adapter_model.safetensors`, `vadapter_config.json` (with the base ids and revisions), the
-        model `config.json` with `auto_map` and the remote-code files, the processor when given, and
-        `vadapter_manifest.json` listing them: everything needed to rebuild the model on the unmodified bases.
-        Other files in the folder are left alone (see `checkpoint_files.py`).
+    def write_adapter_files(
+        self, folder: Path, processor=None, state_dict: Optional[Dict[str, torch.Tensor]] = None
+    ) -> None:
+        """The files of an adapter-only checkpoint, written into `folder` as they are (no atomicity, no manifest).
+
+        `state_dict` (a full state dict, as FSDP or DeepSpeed gather it) supplies the adapter tensors when given.
         """
-        check_finite_weights(self.adapter_state_dict(), f"Not saving the adapter to {save_directory}")
-        with checkpoint_writer(save_directory) as staging:
-            self.write_adapter_files(staging, processor=processor)
-
-    def write_adapter_files(self, folder: Path, processor=None) -> None:
-        """The files of an adapter-only checkpoint, written into `folder` as they are (no atomicity, no manifest)."""
-        save_safetensors(self.adapter_state_dict(), folder / ADAPTER_WEIGHTS_NAME)
+        own = self.adapter_state_dict()
+        if state_dict is not None:
+            own = {key: state_dict[key] for key in own if key in state_dict}
+        check_finite_weights(own, f"Not saving the adapter to {folder}")
+        save_safetensors(own, folder / ADAPTER_WEIGHTS_NAME)
         self.config.adapter.save_pretrained(folder)
         self._save_config_with_code(folder)
+        if self.can_generate() and self.generation_config is not None:
+            self.generation_config.save_pretrained(folder)
         if processor is not None:
             processor.save_pretrained(folder)
 
-    def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, processor=None, **kwargs) -> None:
-        """Save the full model (bases included) crash-safely, with `auto_map`, the remote-code files, the processor
-        when given, and `vadapter_manifest.json`; other files in the folder are left alone."""
+    def save_pretrained(
+        self,
+        save_directory: Union[str, os.PathLike],
+        *args,
+        processor=None,
+        full: bool = False,
+        state_dict: Optional[Dict[str, torch.Tensor]] = None,
+        is_main_process: bool = True,
+        **kwargs,
+    ) -> None:
+        """Save what the model owns, crash-safely, as `PeftModel.save_pretrained` does: the adapter.
+
+        Adapter-only (the default): `adapter_model.safetensors` (the trained tensors only), `vadapter_config.json`
+        and `config.json` (with the base ids and revisions, `auto_map` and the remote-code files),
+        `generation_config.json`, the processor when given, and `vadapter_manifest.json` listing them. The frozen
+        bases are recorded by id and revision, never copied: `from_pretrained` fetches them. This is what the
+        transformers `Trainer` writes into every `checkpoint-N` and on `save_model`.
+
+        `full=True`: the merged model, bases included (`model.safetensors`, sharded when large; the other
+        `PreTrainedModel.save_pretrained` options apply), for a folder that loads without the bases' repos.
+
+        Other files in the folder are left alone (see `checkpoint_files.py`).
+        """
+        if not is_main_process:
+            return
+        if full:
+            with checkpoint_writer(save_directory) as staging:
+                self._set_auto_map()
+                super().save_pretrained(staging, *args, state_dict=state_dict, **kwargs)
+                if processor is not None:
+                    processor.save_pretrained(staging)
+            return
+        if kwargs.pop("push_to_hub", False):
+            raise CheckpointError(
+                "save_pretrained(push_to_hub=True) is not how an adapter goes up: save it, then run `hf-vadapter push "
+                "FOLDER user/repo` (or conversion.hub.push_adapter), which checks the folder and writes a model card."
+            )
+        # Options of the full save (shard size, serialization, variant) do not apply to the single adapter file.
+        ignored = sorted(set(kwargs) - set(FULL_SAVE_OPTIONS)) + [f"positional {a!r}" for a in args]
+        if ignored:
+            raise TypeError(f"save_pretrained() got unexpected arguments {ignored}.")
         with checkpoint_writer(save_directory) as staging:
-            self._set_auto_map()
-            super().save_pretrained(staging, *args, **kwargs)
-            if processor is not None:
-                processor.save_pretrained(staging)
+            self.write_adapter_files(staging, processor=processor, state_dict=state_dict)
 
     def _set_auto_map(self) -> None:
         module = type(self).__module__.split(".")[-1]
@@ -541,21 +618,39 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         revision: Optional[str] = None,
         vision_model_name_or_path: Optional[str] = None,
         text_model_name_or_path: Optional[str] = None,
-        dtype: Optional[torch.dtype] = None,
+        config: Optional[VisionAdapterConfig] = None,
+        dtype: Optional[Union[str, torch.dtype]] = None,
         **kwargs,
     ) -> "VisionAdapterForCausalLM":
         """Rebuild the bases from the ids recorded in an adapter-only checkpoint (folder or Hub repo) and load it.
 
-        Pass `vision_model_name_or_path` / `text_model_name_or_path` to use other copies of the same bases.
+        Pass `vision_model_name_or_path` / `text_model_name_or_path` to use other copies of the same bases. The
+        `from_pretrained` options reach both bases and the adapter: `dtype` (a dtype or "auto": each base in the
+        dtype it was stored in, the adapter in the LM's), `device_map` (the adapter goes where the LM's embeddings
+        are), `attn_implementation`, `low_cpu_mem_usage`, `cache_dir` / `token` / `local_files_only` /
+        `force_download` (`revision` is the adapter repo's; the bases use their recorded revisions), and config
+        attributes such as `output_hidden_states=True`. Any other keyword is refused with a TypeError.
         """
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARG_NAMES if k in kwargs}
+        base_kwargs = {k: kwargs.pop(k) for k in BASE_LOAD_KWARG_NAMES if k in kwargs}
+        torch_dtype = kwargs.pop("torch_dtype", None)  # the old name of dtype
+        dtype = dtype if dtype is not None else torch_dtype
+        for name in PASSED_BY_TRANSFORMERS:
+            kwargs.pop(name, None)
         if os.path.isdir(adapter_name_or_path):
             verify_checkpoint(adapter_name_or_path)
             warn_on_code_skew(adapter_name_or_path)
         config_file = resolve_file(adapter_name_or_path, "config.json", revision, hub_kwargs)
         weights_file = resolve_file(adapter_name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs)
         with loading_code_from(adapter_name_or_path, revision):  # a registered family's file lies beside it
-            config = VisionAdapterConfig.from_json_file(config_file)
+            saved = VisionAdapterConfig.from_json_file(config_file)
+        # The Auto classes pass the config they loaded, with config keywords (output_hidden_states=...) applied.
+        config = config if isinstance(config, VisionAdapterConfig) else saved
+        overrides = _config_overrides(saved, config, kwargs, adapter_name_or_path)
+        if "attn_implementation" not in base_kwargs:  # the Auto classes put it into the config they pass
+            chosen = {part: getattr(config, part)._attn_implementation for part in ATTENTION_PARTS}
+            if chosen != {part: getattr(saved, part)._attn_implementation for part in ATTENTION_PARTS}:
+                base_kwargs["attn_implementation"] = chosen
         _check_adapter_config_file(config, resolve_file(adapter_name_or_path, ADAPTER_CONFIG_NAME, revision, hub_kwargs))
         vision_name = vision_model_name_or_path or config.vision_model_name_or_path
         text_name = text_model_name_or_path or config.text_model_name_or_path
@@ -575,25 +670,68 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             image_token_id=config.image_token_id,
             dtype=dtype,
             init_adapter_weights=False,  # the trained weights come next
-            **{**hub_kwargs, **kwargs},
+            **hub_kwargs,
+            **base_kwargs,
         )
         check_same_bases(config, model.config)
         model.load_vision_adapter(weights_file)
+        for key, value in overrides.items():
+            for target in (model.config, model.config.text_config, model.config.vision_config):
+                if target is model.config or key in GENERIC_CONFIG_ATTRIBUTES:
+                    setattr(target, key, value)
+        model.config._name_or_path = str(adapter_name_or_path)
+        model.name_or_path = str(adapter_name_or_path)
+        if has_checkpoint_file(adapter_name_or_path, GENERATION_CONFIG_NAME, revision, hub_kwargs):
+            # Saved with the adapter; older folders keep the LM's.
+            generation = read_json_file(adapter_name_or_path, GENERATION_CONFIG_NAME, revision, hub_kwargs)
+            model.generation_config = GenerationConfig.from_dict(generation)
         return model
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """Load a full checkpoint, or an adapter-only one (then the bases are fetched by their recorded ids)."""
+        """Load a full checkpoint, or an adapter-only one (then the bases are fetched by their recorded ids and the
+        loading options reach them, see `from_adapter_pretrained`)."""
         revision = kwargs.get("revision")
         hub_kwargs = hub_only(kwargs)
         if _is_adapter_only(pretrained_model_name_or_path, revision, hub_kwargs):
-            loader_kwargs = {k: kwargs[k] for k in ("dtype", "attn_implementation", *hub_kwargs) if k in kwargs}
-            return cls.from_adapter_pretrained(pretrained_model_name_or_path, revision=revision, **loader_kwargs)
+            if model_args:
+                raise TypeError(f"from_pretrained() of an adapter-only checkpoint takes no positional {model_args}.")
+            return cls.from_adapter_pretrained(pretrained_model_name_or_path, **kwargs)
         _refuse_pickle_only(pretrained_model_name_or_path, revision, hub_kwargs)
         if os.path.isdir(pretrained_model_name_or_path):
             verify_checkpoint(pretrained_model_name_or_path)
             warn_on_code_skew(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+
+def _attention_for(attn_implementation: Union[None, str, Dict[str, str]], base: str) -> Dict[str, str]:
+    """The `attn_implementation` keyword for one base ("vision" or "text"): a string applies to both, a dict
+    `{"vision_config": ..., "text_config": ...}` (transformers' form for composite models) names each."""
+    if isinstance(attn_implementation, dict):
+        attn_implementation = attn_implementation.get(f"{base}_config")
+    return {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+
+
+def _config_overrides(
+    saved: VisionAdapterConfig, config: VisionAdapterConfig, kwargs: Dict[str, Any], source
+) -> Dict[str, Any]:
+    """Config attributes to set on the loaded model: keywords that name one (the rest are refused), and what a
+    config passed by the Auto classes changed against the saved one."""
+    unknown = sorted(key for key in kwargs if not hasattr(config, key) or key in REQUIRED_CONFIG_STRUCTURE)
+    if unknown:
+        raise TypeError(
+            f"from_pretrained({str(source)!r}) got unknown keyword arguments {unknown}. An adapter-only checkpoint "
+            f"takes the loading options {sorted(HUB_KWARG_NAMES + BASE_LOAD_KWARG_NAMES + ('dtype', 'revision'))} "
+            "and config attributes (such as output_hidden_states=True)."
+        )
+    saved_values, passed_values = saved.to_dict(), config.to_dict()
+    changed = {
+        key: getattr(config, key)
+        for key, value in passed_values.items()
+        if key not in REQUIRED_CONFIG_STRUCTURE and saved_values.get(key) != value and not key.startswith("_")
+        and key != "transformers_version"
+    }
+    return {**changed, **kwargs}
 
 
 def _cache_argument_name(language_model: nn.Module) -> str:

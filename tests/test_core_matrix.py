@@ -100,7 +100,7 @@ def test_core_invariants(tiny_bases, tmp_path, tower, lm, adapter):
     with torch.no_grad():
         expected = model(**inputs).logits
     full, adapter_only = tmp_path / "full", tmp_path / "adapter"
-    model.save_pretrained(full)
+    model.save_pretrained(full, full=True)
     model.save_adapter(adapter_only, processor=processor)
     assert not (adapter_only / "model.safetensors").exists()
     for folder in (full, adapter_only):

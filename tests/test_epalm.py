@@ -229,7 +229,7 @@ def test_trains_on_colour_task_and_saves(bases, tmp_path, lm):
         expected = model(**prompts).logits
     adapter_only, full = tmp_path / "adapter", tmp_path / "full"
     model.save_adapter(adapter_only, processor=processor)
-    model.save_pretrained(full)
+    model.save_pretrained(full, full=True)
     assert (adapter_only / "epalm.py").is_file()
     for folder in (adapter_only, full):
         reloaded = hf_vadapter.VisionAdapterForCausalLM.from_pretrained(folder)

@@ -36,7 +36,7 @@ def saved(tiny_bases, tmp_path_factory):
     root = tmp_path_factory.mktemp("push")
     model, processor = build_model(*tiny_bases("vit", "llama"), hf_vadapter.MLPProjectorConfig(pool_size=2))
     model.save_adapter(root / "local", processor=processor)
-    model.save_pretrained(root / "full", processor=processor)
+    model.save_pretrained(root / "full", processor=processor, full=True)
     _record_hub_ids(model)
     model.save_adapter(root / "adapter", processor=processor)
     return root / "adapter", root / "full", root / "local", model.get_nb_trainable_parameters()[0]

@@ -220,7 +220,7 @@ def test_invariants_training_generation_and_save(tiny_bases, tmp_path, lm):
         expected = model(**with_images).logits
     adapter_dir, full_dir = tmp_path / "adapter", tmp_path / "full"
     model.save_adapter(adapter_dir, processor=processor)
-    model.save_pretrained(full_dir)
+    model.save_pretrained(full_dir, full=True)
     for folder in (adapter_dir, full_dir):
         reloaded = hf_vadapter.VisionAdapterForCausalLM.from_pretrained(folder)
         with torch.no_grad():

@@ -162,7 +162,7 @@ def _check_save_load(model, processor, inputs, generated, tmp_path, case: str, k
             model.save_adapter(folder, processor=processor)
             assert not (folder / "model.safetensors").exists()
         else:
-            model.save_pretrained(folder)
+            model.save_pretrained(folder, full=True)
         reloaded = VisionAdapterForCausalLM.from_pretrained(folder)
         with torch.no_grad():
             torch.testing.assert_close(reloaded(**inputs).logits, expected, rtol=0, atol=0)

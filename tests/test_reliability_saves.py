@@ -55,13 +55,13 @@ def _same_adapter(folder: Path, model) -> bool:
 # ------------------------------------------------------------------------------------------------ other files
 
 
-@pytest.mark.parametrize("save", ["save_pretrained", "save_adapter"])
-def test_a_save_leaves_every_other_file_in_the_folder_alone(model_and_processor, tmp_path, save):
+@pytest.mark.parametrize("save, options", [("save_pretrained", {}), ("save_pretrained", {"full": True}), ("save_adapter", {})])
+def test_a_save_leaves_every_other_file_in_the_folder_alone(model_and_processor, tmp_path, save, options):
     model, processor = model_and_processor
     folder = tmp_path / "run"
     before = _user_files(folder)
-    getattr(model, save)(folder, processor=processor)
-    getattr(model, save)(folder, processor=processor)  # a second save over the first
+    getattr(model, save)(folder, processor=processor, **options)
+    getattr(model, save)(folder, processor=processor, **options)  # a second save over the first
     after = _snapshot(folder)
     assert {name: after.get(name) for name in before} == before
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
@@ -84,7 +84,7 @@ def test_save_into_the_working_directory_keeps_cwd_open_logs_and_files(tiny_base
         log = open("train.log", "a")
         log.write("before the save\\n"); log.flush()
         model.save_adapter(".")
-        model.save_pretrained(".")
+        model.save_pretrained(".", full=True)
         log.write("after the save\\n"); log.flush()
         print(os.getcwd() == {str(project)!r}, os.path.isfile("config.json"), flush=True)
         """

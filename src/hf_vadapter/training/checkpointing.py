@@ -16,7 +16,6 @@ from ..modeling.checkpoint_files import checkpoint_writer
 from ..modeling.configuration_vadapter import VisionAdapterConfig
 from ..modeling.errors import AdapterConfigError, CheckpointError
 from ..modeling.modeling_vadapter import check_same_bases
-from ..modeling.safe_io import save_safetensors
 
 PathLike = Union[str, os.PathLike]
 TRAINING_ARGS_NAME = "training_args.bin"
@@ -35,10 +34,7 @@ def save_adapter_files(
     `state_dict` (a full state dict, as FSDP gathers it) supplies the adapter tensors when given.
     """
     with checkpoint_writer(folder) as staging:
-        model.write_adapter_files(staging, processor=processor)
-        if state_dict is not None:
-            keys = model.adapter_state_dict().keys()
-            save_safetensors({key: state_dict[key] for key in keys if key in state_dict}, staging / ADAPTER_WEIGHTS_NAME)
+        model.write_adapter_files(staging, processor=processor, state_dict=state_dict)
         if training_args is not None:
             torch.save(training_args, staging / TRAINING_ARGS_NAME)
 

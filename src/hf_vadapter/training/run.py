@@ -58,6 +58,8 @@ def build_model_and_processor(model_args: ModelArguments) -> Tuple[VisionAdapter
         dtype=model_args.torch_dtype(),
         attn_implementation=model_args.attn_implementation,
     )
+    # Training reads only the loss: the LM head runs at the supervised positions alone (see BENCHMARKS.md).
+    model.config.supervised_logits_only = True
     language_model_dtype = resolve_language_model_dtype(model_args.language_model_dtype)
     if language_model_dtype is not None:
         model.cast_language_model(language_model_dtype)

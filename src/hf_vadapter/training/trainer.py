@@ -1,11 +1,14 @@
 """`VisionAdapterTrainer`: the HF Trainer with adapter-only, atomic checkpoints and generation-based evaluation.
 
-What it changes, and nothing else:
+The plain `transformers.Trainer` already writes adapter-only checkpoints (it calls `model.save_pretrained`, which
+saves the adapter) and hands `compute_metrics` [B, S, V] logits. What this subclass changes, and nothing else:
 
-- **Checkpoints hold the adapter only** (`_save`): adapter weights, adapter config, model config with the base ids
-  and remote code, the processor, plus the Trainer's own optimizer / scheduler / RNG / state files. Resuming
-  (`_load_from_checkpoint`) and `load_best_model_at_end` (`_load_best_model`) load the adapter back onto the bases
-  the trainer already holds.
+- **The processor is part of the checkpoint** (`_save`): written with the adapter and listed in its manifest, so
+  the folder can be pushed as it is (the plain Trainer writes the processor after the save, outside the manifest).
+- **Resuming and the best model load the adapter** (`_load_from_checkpoint`, `_load_best_model`): transformers
+  5.24's Trainer reads `adapter_model.safetensors` only for PEFT models; for any other model it asks for a shard
+  index (resume) or `pytorch_model.bin` (best model), so the plain Trainer cannot load an adapter-only checkpoint
+  back. These two load it onto the bases the trainer already holds, after checking bases and adapter config.
 - **Checkpoints appear atomically** (`_save_checkpoint`): everything is written into a hidden folder, which is
   renamed to `checkpoint-N` once complete, so `resume_from_checkpoint=True` never picks a half-written one.
 - **Evaluation generates** (`evaluation_loop`): after the loss, the evaluation rows are answered with batched,

@@ -251,11 +251,23 @@ class VisionAdapterTrainingArguments(TrainingArguments):
     )
     csv_log: bool = field(default=True, metadata={"help": "Append every logged value to <output_dir>/log.csv."})
     loss_curve: bool = field(default=True, metadata={"help": "Write <output_dir>/loss_curve.png at the end."})
+    max_train_minutes: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Wall-clock budget of the training loop: stop when it is spent or at max_steps, whichever comes "
+            "first; the cosine schedule then decays over the budget too (lr_scheduler_type must be 'cosine')."
+        },
+    )
 
     def __post_init__(self):
         if self.report_to == "auto":
             self.report_to = _default_report_to()
         super().__post_init__()
+        if self.max_train_minutes is not None and self.lr_scheduler_type != "cosine":
+            raise ValueError(
+                f"max_train_minutes decays the learning rate over the time budget with a cosine schedule; set "
+                f"lr_scheduler_type='cosine' (got {self.lr_scheduler_type!r})."
+            )
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, VisionAdapterTrainingArguments)

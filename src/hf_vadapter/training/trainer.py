@@ -43,6 +43,7 @@ from .checkpointing import (
 )
 from .joint_training import joint_loss
 from .length_sampler import LengthBucketSampler
+from .time_budget import TrainingClock, cosine_with_clock
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,20 @@ class VisionAdapterTrainer(Trainer):
             self.add_callback(CSVLoggerCallback())
         if getattr(self.args, "loss_curve", False):
             self.add_callback(LossCurveCallback())
+        self.clock = None
+        if getattr(self.args, "max_train_minutes", None) is not None:
+            self.clock = TrainingClock(60 * self.args.max_train_minutes)
+            self.add_callback(self.clock)
         model = self._adapter_model()
         self.splits_mixed_batches = model is not None and model.adapter.routes_gradients_by_modality
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.clock is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        optimizer = self.optimizer if optimizer is None else optimizer
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        self.lr_scheduler = cosine_with_clock(optimizer, warmup, num_training_steps, self.clock)
+        return self.lr_scheduler
 
     def _adapter_model(self) -> Optional[VisionAdapterForCausalLM]:
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)

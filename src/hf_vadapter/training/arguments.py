@@ -258,6 +258,13 @@ class VisionAdapterTrainingArguments(TrainingArguments):
             "first; the cosine schedule then decays over the budget too (lr_scheduler_type must be 'cosine')."
         },
     )
+    time_reserve_steps: int = field(
+        default=0,
+        metadata={
+            "help": "With max_train_minutes: stop early enough to leave this many steps' worth of time (at the "
+            "measured mean step time) for work after training, such as evaluation."
+        },
+    )
 
     def __post_init__(self):
         if self.report_to == "auto":

@@ -5,6 +5,10 @@ of times slower). With `max_train_minutes`, the run stops when the budget is spe
 first, and the cosine decay runs on `progress = max(step / max_steps, elapsed / budget)`, so a run cut by the clock
 still ends at a low learning rate instead of in mid-stride. The step count then depends on the machine: the report
 records how many steps ran.
+
+`reserve_steps` keeps time back for work after training (evaluation, say) whose cost scales with the model's speed
+like a step does: the run stops once the time left would not cover that many more steps at the measured mean step
+time.
 """
 
 import math
@@ -15,21 +19,37 @@ from transformers import TrainerCallback
 
 
 class TrainingClock(TrainerCallback):
-    """Measures the training time (from the first step) and stops the run once `budget_s` is spent."""
+    """Measures the training time (from the first step) and stops the run once `budget_s`, less the time of
+    `reserve_steps` more steps, is spent."""
 
-    def __init__(self, budget_s: float):
+    def __init__(self, budget_s: float, reserve_steps: int = 0):
         if not budget_s > 0:
             raise ValueError(f"max_train_minutes must be positive, got {budget_s / 60!r}.")
+        if reserve_steps < 0:
+            raise ValueError(f"time_reserve_steps must be 0 or more, got {reserve_steps!r}.")
         self.budget_s = budget_s
+        self.reserve_steps = reserve_steps
         self.started = None
+        self.steps_done = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
+        self.steps_done = 0
+
+    def training_budget_s(self, elapsed_s: float) -> float:
+        """The budget less the reserve, priced at the mean step time so far (the whole budget before any step)."""
+        if self.steps_done == 0:
+            return self.budget_s
+        return max(self.budget_s - self.reserve_steps * elapsed_s / self.steps_done, 1e-9)
 
     def elapsed_fraction(self) -> float:
-        return 0.0 if self.started is None else (time.perf_counter() - self.started) / self.budget_s
+        if self.started is None:
+            return 0.0
+        elapsed_s = time.perf_counter() - self.started
+        return elapsed_s / self.training_budget_s(elapsed_s)
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.steps_done += 1
         if self.elapsed_fraction() >= 1.0:
             control.should_training_stop = True
             control.should_save = True  # the last state is the model: save it like a last step

@@ -63,7 +63,7 @@ class VisionAdapterTrainer(Trainer):
             self.add_callback(LossCurveCallback())
         self.clock = None
         if getattr(self.args, "max_train_minutes", None) is not None:
-            self.clock = TrainingClock(60 * self.args.max_train_minutes)
+            self.clock = TrainingClock(60 * self.args.max_train_minutes, getattr(self.args, "time_reserve_steps", 0))
             self.add_callback(self.clock)
         model = self._adapter_model()
         self.splits_mixed_batches = model is not None and model.adapter.routes_gradients_by_modality

@@ -1,7 +1,8 @@
 """Which lever makes the quickstart's adapter bind colour to shape? One harness, every arm on the same footing.
 
     python benchmarks/binding_sweep.py --arms base slots2 words2 words2_grid --steps 150      # screen
-    python benchmarks/binding_sweep.py --arms words2_grid --steps 400 --seeds 0 1 2          # confirm
+    python benchmarks/binding_sweep.py --arms base --steps 400 --seed 1                        # another seed
+    python benchmarks/binding_sweep.py --table                                                 # the results so far
 
 Every arm trains the quickstart's MLP projector setup (packaged DINOv2-small layers 3/6/9, 126 px, 3x3 cells, image
 after the question, frozen SmolLM2-135M-Instruct) from the same cached tower features, on the same rows in the same
@@ -238,6 +239,29 @@ def evaluate_arm(model, processor, items, features) -> Dict[str, float]:
     return {kind: sum(v) / len(v) for kind, v in sorted(hits.items())}
 
 
+KINDS = ("color", "shape", "count", "position", "yes_no")
+
+
+def results_table(results: List[Dict]) -> List[str]:
+    """Markdown rows: accuracy per question type on both splits, and the step cost (median process CPU seconds)
+    relative to the `base` arm of the same steps and seed in the results file."""
+    base = {(r["steps"], r["seed"]): r["step_s"] for r in results if r["arm"] == "base"}
+    lines = [
+        "| arm | steps | seed | step cost vs base | train CPU min | final loss | test " + " / ".join(KINDS)
+        + " | test_heldout " + " / ".join(KINDS) + " |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        reference = base.get((r["steps"], r["seed"]))
+        cost = f"{r['step_s'] / reference:.2f}" if reference else "n/a"
+        accuracy = [" / ".join(f"{100 * r[split].get(kind, 0):.0f}" for kind in KINDS) for split in ("test", HELDOUT_SPLIT)]
+        lines.append(
+            f"| {r['arm']} | {r['steps']} | {r['seed']} | {cost} | {r['train_cpu_min']:.1f} | {r['final_loss']:.2f} | "
+            f"{accuracy[0]} | {accuracy[1]} |"
+        )
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arms", nargs="+", default=["base", "slots2", "words2", "words2_grid"])
@@ -248,7 +272,11 @@ def main(argv=None):
     parser.add_argument("--heldout-images", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", default=str(OUT / "results.jsonl"))
+    parser.add_argument("--table", action="store_true", help="print the results file as a table and stop")
     args = parser.parse_args(argv)
+    if args.table:
+        print("\n".join(results_table([json.loads(line) for line in open(args.results) if line.strip()])))
+        return
     torch.set_num_threads(args.threads)
     print(f"Machine: {machine()}", flush=True)
     dtype = choose_language_model_dtype()
@@ -282,8 +310,8 @@ def main(argv=None):
                 if item["type"] == "caption":
                     for token in processor.tokenizer(item["target"], add_special_tokens=False)["input_ids"]:
                         bags[item["index"], position[token]] = 1.0
-        captions = {item["index"]: item["target"] for item in items["train"] if item["type"] == "caption"}
-        run = train_arm(name, config, paths, features["train"], items["train"], args, dtype, bags, captions)
+        caption_of_image = {item["index"]: item["target"] for item in items["train"] if item["type"] == "caption"}
+        run = train_arm(name, config, paths, features["train"], items["train"], args, dtype, bags, caption_of_image)
         result = {"arm": name, "seed": args.seed, "steps": args.steps, "lm_dtype": str(dtype),
                   "num_image_tokens": run["model"].config.num_image_tokens,
                   **{k: run[k] for k in ("step_s", "train_cpu_min", "final_loss")}}

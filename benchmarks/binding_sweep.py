@@ -275,12 +275,15 @@ def main(argv=None):
     parser.add_argument("--table", action="store_true", help="print the results file as a table and stop")
     args = parser.parse_args(argv)
     if args.table:
-        print("\n".join(results_table([json.loads(line) for line in open(args.results) if line.strip()])))
-        return
+        table = "\n".join(results_table([json.loads(line) for line in open(args.results) if line.strip()]))
+        print(table)
+        return table
     torch.set_num_threads(args.threads)
-    print(f"Machine: {machine()}", flush=True)
     dtype = choose_language_model_dtype()
-    print(f"LM dtype: {dtype}", flush=True)
+    setting = (f"Machine: {machine()}. LM in {str(dtype).replace("torch.", "")} (chosen at start-up by measurement); {args.steps} steps of batch "
+               f"{BATCH}, lr {LR}, seed {args.seed}; {args.train_images} training scenes, {args.test_images} test and "
+               f"{args.heldout_images} held-out scenes; accuracy in %.")
+    print(setting, flush=True)
     paths = backbone_paths()
     splits = {
         "train": build_synthetic_dataset("train", args.train_images, IMAGE_SIZE, args.seed),
@@ -299,6 +302,7 @@ def main(argv=None):
         for split, images in grouped.items()
     }
     captions = [row["target"] for row in items["train"] if row["type"] == "caption"]
+    results = []
     for name in args.arms:
         config = arm_config(name, processor.tokenizer, captions)
         began = time.time()
@@ -322,6 +326,10 @@ def main(argv=None):
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         with open(args.results, "a") as handle:
             handle.write(json.dumps(result) + "\n")
+        results.append(result)
+    table = "\n".join([setting, "", *results_table(results)])
+    print(table)
+    return table
 
 
 if __name__ == "__main__":

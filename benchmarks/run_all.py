@@ -81,6 +81,28 @@ in `benchmarks/binding.py`. The cell probe asks whether each visual token the pr
 colour and shape; the text oracle asks how well the frozen LM binds the same attributes when they reach it as words,
 with a soft prompt trained at the quickstart's cost."""
 
+SWEEP_INTRO = """\
+Which change to the default's visual tokens makes the frozen LM bind colour to shape? `benchmarks/binding_sweep.py`
+trains every arm from the same cached tower features, on the same rows in the same order, with the same optimiser,
+schedule, batch and seed; only the adapter's output (or, for `_distill` and `_pack`, the loss and the packing)
+differs. The arms are described in the script's docstring; each uses only images, prompts, targets and captions. VQA
+first-word accuracy (%) per question type on `test` and `test_heldout` (unseen colour-shape pairs); the step cost is
+process CPU time per step relative to `base` in the same run."""
+
+SWEEP_ARMS = ["base", "slots2", "slots2_grid", "words2_grid", "words2_grid_prompt", "base_pack", "base_distill"]
+
+SWEEP_NOTES = """TODO"""
+
+CURVE_INTRO = """\
+How far the default recipe gets with more steps: `benchmarks/accuracy_curve.py` trains the quickstart's default
+(`quickstart.training_arguments`: same data, seed and LM dtype choice) for longer, with no wall-clock budget and the
+cosine schedule spanning every step, and scores the adapter-only checkpoint saved every 500 steps on the quickstart's
+VQA questions. "train CPU min" is the process CPU time spent training up to the checkpoint. A checkpoint in the middle
+of the run was trained at a higher learning rate than a run that ends there, so this is what the recipe learns with
+more steps, not what a shorter run scores."""
+
+CURVE_NOTES = """TODO"""
+
 SECTIONS = (
     # (module, heading, fixed text before, fixed text after, full argv, quick argv)
     ("speed", "## Speed and memory against the floors", SPEED_INTRO, SPEED_NOTES,
@@ -94,7 +116,15 @@ SECTIONS = (
      [],
      ["--steps", "2", "--stage1-steps", "2", "--eval-every", "1", "--val-images", "1", "--eval-images", "1"]),
     ("binding", "## Where binding fails on the default", BINDING_INTRO, "", [], ["--quick"]),
+    ("binding_sweep", "## Binding lever sweep", SWEEP_INTRO, SWEEP_NOTES,
+     ["--arms", *SWEEP_ARMS, "--steps", "150"],
+     ["--arms", "base", "--steps", "2", "--train-images", "16", "--test-images", "2", "--heldout-images", "2"]),
+    ("accuracy_curve", "## Accuracy against training time, default recipe", CURVE_INTRO, CURVE_NOTES,
+     ["--steps", "3000", "--every", "500"],
+     ["--steps", "2", "--every", "1", "--train-images", "16", "--test-images", "2", "--heldout-images", "2"]),
 )
+# Where each benchmark writes its results when run_all --quick makes a smoke pass (the committed outputs stay).
+QUICK_OUTPUT_FLAGS = {"paper_claims": "--out-dir", "binding_sweep": "--results", "accuracy_curve": "--output-dir"}
 
 
 def section(module: str, heading: str, before: str, after: str, argv: List[str]) -> str:
@@ -144,7 +174,7 @@ def main(argv: Optional[List[str]] = None) -> str:
               f"from the outputs below; edit the fixed text in `benchmarks/run_all.py`, not this file.{rerun}\n\n"
               f"**Machine:** {machine()} (each benchmark sets its own thread count), {memory_gib()}, "
               f"transformers {transformers.__version__}.")
-    with tempfile.TemporaryDirectory() as quick_plots:  # a smoke pass leaves the committed plots alone
+    with tempfile.TemporaryDirectory() as quick_outputs:  # a smoke pass leaves the committed plots alone
         sections = []
         for module, heading, before, after, full, quick in SECTIONS:
             if args.only and module not in args.only:
@@ -152,7 +182,8 @@ def main(argv: Optional[List[str]] = None) -> str:
                     raise SystemExit(f"{output} has no {module} section to keep: run every benchmark once first.")
                 sections.append(kept[module])
                 continue
-            extra = ["--out-dir", quick_plots] if module == "paper_claims" else []
+            flag = QUICK_OUTPUT_FLAGS.get(module)
+            extra = [flag, str(Path(quick_outputs) / module)] if flag else []
             run_argv = (quick + extra) if args.quick else full
             sections.append(section(module, heading, before, after, run_argv))
     markdown = "\n\n".join([header, *sections]) + "\n"

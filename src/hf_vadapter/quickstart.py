@@ -63,26 +63,11 @@ def _stage(number: int, title: str) -> float:
     return time.perf_counter()
 
 
-def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, quick: bool = False, seed: int = 0, **overrides) -> Dict:
-    """Run the whole main job; returns the metrics written to `<output_dir>/metrics.json`."""
-    from .conversion.dinov2_onnx import convert_dinov2
-    from .conversion.smollm2_gguf import convert_smollm2
-    from .data.synthetic import build_synthetic_dataset
-    from .evaluation.runner import evaluate_model
-    from .metrics.tables import headline
-    from .report import show_examples, write_report
+def training_arguments(preset: Preset, vision_path, text_path, output: Path, seed: int):
+    """The quickstart's (ModelArguments, DataArguments, VisionAdapterTrainingArguments) for `preset` on the two
+    converted bases; `benchmarks/accuracy_curve.py` trains the same recipe for longer."""
     from .training.arguments import DataArguments, ModelArguments, VisionAdapterTrainingArguments
-    from .training.run import run_training
 
-    preset = replace(PRESETS["quick" if quick else "default"], **overrides)
-    output = Path(output_dir)
-    timings: Dict[str, float] = {}
-
-    start = _stage(1, "Backbones: converting the packaged DINOv2-small and SmolLM2-135M-Instruct (cached)")
-    vision_path, text_path = convert_dinov2(), convert_smollm2()
-    timings["backbones_s"] = time.perf_counter() - start
-
-    start = _stage(2, "Training the default adapter with the HF Trainer (tower features cached first)")
     model_args = ModelArguments(
         vision_model_name_or_path=str(vision_path),
         text_model_name_or_path=str(text_path),
@@ -122,6 +107,29 @@ def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, quick: bool = False, se
         report_to="none",
         dataloader_num_workers=0,
     )
+    return model_args, data_args, training_args
+
+
+def run_quickstart(output_dir: str = DEFAULT_OUTPUT_DIR, quick: bool = False, seed: int = 0, **overrides) -> Dict:
+    """Run the whole main job; returns the metrics written to `<output_dir>/metrics.json`."""
+    from .conversion.dinov2_onnx import convert_dinov2
+    from .conversion.smollm2_gguf import convert_smollm2
+    from .data.synthetic import build_synthetic_dataset
+    from .evaluation.runner import evaluate_model
+    from .metrics.tables import headline
+    from .report import show_examples, write_report
+    from .training.run import run_training
+
+    preset = replace(PRESETS["quick" if quick else "default"], **overrides)
+    output = Path(output_dir)
+    timings: Dict[str, float] = {}
+
+    start = _stage(1, "Backbones: converting the packaged DINOv2-small and SmolLM2-135M-Instruct (cached)")
+    vision_path, text_path = convert_dinov2(), convert_smollm2()
+    timings["backbones_s"] = time.perf_counter() - start
+
+    start = _stage(2, "Training the default adapter with the HF Trainer (tower features cached first)")
+    model_args, data_args, training_args = training_arguments(preset, vision_path, text_path, output, seed)
     run = run_training(model_args, data_args, training_args)  # saves the adapter and processor into output/adapter
     model, processor = run.trainer.model, run.trainer.processing_class
     timings["train_s"] = time.perf_counter() - start

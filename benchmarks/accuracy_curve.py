@@ -104,7 +104,9 @@ def main(argv=None):
     run = run_training(model_args, data_args, training_args, callbacks=[clock])
     model, processor = run.trainer.model, run.trainer.processing_class
     dtype = model.language_model.dtype
-    setting = (f"Machine: {machine()}. LM in {str(dtype).replace("torch.", "")} (chosen at start-up by measurement); {args.steps} steps of batch "
+    dtype_name = str(dtype).replace("torch.", "")
+    setting = (f"Machine: {machine()}. LM in {dtype_name} (chosen at start-up by measurement); {args.steps} steps of "
+               f"batch "
                f"{preset.batch_size}, cosine over all of them, seed {args.seed}; {preset.num_train_images} training "
                f"scenes, VQA on {preset.num_test_images} test and {preset.num_heldout_images} held-out scenes; "
                f"accuracy in %.")

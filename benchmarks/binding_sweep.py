@@ -280,7 +280,9 @@ def main(argv=None):
         return table
     torch.set_num_threads(args.threads)
     dtype = choose_language_model_dtype()
-    setting = (f"Machine: {machine()}. LM in {str(dtype).replace("torch.", "")} (chosen at start-up by measurement); {args.steps} steps of batch "
+    dtype_name = str(dtype).replace("torch.", "")
+    setting = (f"Machine: {machine()}. LM in {dtype_name} (chosen at start-up by measurement); {args.steps} steps of "
+               f"batch "
                f"{BATCH}, lr {LR}, seed {args.seed}; {args.train_images} training scenes, {args.test_images} test and "
                f"{args.heldout_images} held-out scenes; accuracy in %.")
     print(setting, flush=True)

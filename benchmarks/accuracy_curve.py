@@ -54,7 +54,7 @@ class CheckpointClock(TrainerCallback):
 
 
 def evaluate_checkpoint(model, processor, folder: Path, preset, seed: int) -> Dict[str, Dict[str, float]]:
-    """VQA accuracy per question type with the checkpoint's adapter weights in the trained model (same bases, dtypes)."""
+    """VQA accuracy per question type, the checkpoint's adapter weights in the trained model (same bases, dtypes)."""
     model.load_vision_adapter(folder)
     model.eval()
     scores = {}

@@ -254,7 +254,8 @@ def results_table(results: List[Dict]) -> List[str]:
     for r in results:
         reference = base.get((r["steps"], r["seed"]))
         cost = f"{r['step_s'] / reference:.2f}" if reference else "n/a"
-        accuracy = [" / ".join(f"{100 * r[split].get(kind, 0):.0f}" for kind in KINDS) for split in ("test", HELDOUT_SPLIT)]
+        accuracy = [" / ".join(f"{100 * r[split].get(kind, 0):.0f}" for kind in KINDS)
+                    for split in ("test", HELDOUT_SPLIT)]
         lines.append(
             f"| {r['arm']} | {r['steps']} | {r['seed']} | {cost} | {r['train_cpu_min']:.1f} | {r['final_loss']:.2f} | "
             f"{accuracy[0]} | {accuracy[1]} |"

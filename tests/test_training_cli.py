@@ -64,7 +64,13 @@ def test_help(argv, capsys):
 
 
 @pytest.mark.parametrize(
-    "flags, overrides", [([], {}), (["--image-placement", "start"], {"image_placement": "start"})]
+    "flags, overrides",
+    [
+        ([], {}),
+        (["--image-placement", "start"], {"image_placement": "start"}),
+        (["--max-steps", "602", "--no-clock"], {"max_steps": 602, "train_minutes": None}),
+        (["--max_steps", "10"], {"max_steps": 10}),
+    ],
 )
 def test_quickstart_flags_reach_run_quickstart(monkeypatch, flags, overrides):
     import hf_vadapter.quickstart
@@ -75,6 +81,8 @@ def test_quickstart_flags_reach_run_quickstart(monkeypatch, flags, overrides):
     assert calls == [(("out",), {"quick": True, "seed": 0, **overrides})]
     with pytest.raises(SystemExit):
         cli.main(["quickstart", "--image-placement", "middle"])
+    with pytest.raises(SystemExit):
+        cli.main(["quickstart", "--max-steps", "0"])
 
 
 def test_a_subcommand_is_one_function():

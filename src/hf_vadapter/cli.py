@@ -220,8 +220,8 @@ def quickstart_command(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument(
         "--no-clock",
         action="store_true",
-        help="Train exactly --max-steps, ignoring the preset's training-time budget: repeats a run step for step on "
-        "any CPU (the clock otherwise decides how many steps fit).",
+        help="Train exactly --max-steps, cosine over them, ignoring the preset's training-time budget: the same run "
+        "on any CPU (the clock otherwise decides how many steps fit).",
     )
 
     def run(args: argparse.Namespace) -> int:

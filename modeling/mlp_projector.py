@@ -1,6 +1,6 @@
 """LLaVA-style MLP projector: tower features, optionally pooled, projected into the LM's embedding width.
 
-Two options make the visual tokens easier for a frozen LM to bind (which colour goes with which shape):
+Four options make the visual tokens easier for a frozen LM to bind (which colour goes with which shape):
 - `tokens_per_cell` > 1 emits several tokens per pooled cell, so an object's attributes can arrive as separate
   word-like tokens, the way the LM reads "red star";
 - `token_vocabulary` makes each visual token a softmax mixture of the LM's own input embeddings of those tokens

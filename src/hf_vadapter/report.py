@@ -86,6 +86,9 @@ def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[D
         "packed multi-question rows or caption-teacher distillation answered colour or shape better than this plain "
         "projector at the same budget (BENCHMARKS.md, \"Binding lever sweep\"), and the plain projector has the "
         "cheapest step, so it gets the most steps from the clock.",
+        "- With more time: `benchmarks/accuracy_curve.py` trains this recipe for longer and scores a checkpoint every "
+        "500 steps; BENCHMARKS.md, \"Accuracy against training time, default recipe\", says where colour and shape "
+        "stand at each.",
         f"- Frozen LM in {summary['language_model_dtype']}: `language_model_dtype=\"auto\"` times a bf16 and an "
         "fp32 matmul at start-up and keeps bf16 only where this CPU runs it clearly faster.",
         f"- Training loss: {losses[0]:.3f} at the first log, {losses[-1]:.3f} at the last." if losses else "",

@@ -263,6 +263,28 @@ def results_table(results: List[Dict]) -> List[str]:
     return lines
 
 
+def seed_summary(results: List[Dict]) -> List[str]:
+    """Markdown rows for every arm run on several seeds at the same steps: colour and shape accuracy as mean +- its
+    standard error over the seeds (each seed draws its own scenes and initialisation)."""
+    runs = defaultdict(list)
+    for r in results:
+        runs[(r["arm"], r["steps"])].append(r)
+    lines = ["| arm | steps | seeds | test colour | test shape | test_heldout colour | test_heldout shape |",
+             "|---|---|---|---|---|---|---|"]
+    for (arm, steps), group in runs.items():
+        if len({r["seed"] for r in group}) < 2:
+            continue
+        cells = []
+        for split in ("test", HELDOUT_SPLIT):
+            for kind in ("color", "shape"):
+                values = [100 * r[split][kind] for r in group]
+                error = statistics.stdev(values) / math.sqrt(len(values))
+                cells.append(f"{statistics.mean(values):.1f} +- {error:.1f}")
+        seeds = " ".join(str(r["seed"]) for r in group)
+        lines.append(f"| {arm} | {steps} | {seeds} | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 2 else []
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arms", nargs="+", default=["base", "slots2", "words2", "words2_grid"])
@@ -276,7 +298,9 @@ def main(argv=None):
     parser.add_argument("--table", action="store_true", help="print the results file as a table and stop")
     args = parser.parse_args(argv)
     if args.table:
-        table = "\n".join(results_table([json.loads(line) for line in open(args.results) if line.strip()]))
+        results = [json.loads(line) for line in open(args.results) if line.strip()]
+        summary = seed_summary(results)
+        table = "\n".join(results_table(results) + (["", *summary] if summary else []))
         print(table)
         return table
     torch.set_num_threads(args.threads)

@@ -169,9 +169,7 @@ def caption_teacher_loss(model, processor, items, batch, student, captions) -> t
         loss = loss + nn.functional.mse_loss(nn.functional.layer_norm(s, s.shape[-1:]), nn.functional.layer_norm(t, t.shape[-1:]))
     final = model.language_model.get_output_embeddings()
     teacher_logits = final(out.hidden_states[-1][:, :-1][at_teacher]).float()  # [N, V]
-    student_rows = (batch["labels"][:, 1:] != -100).sum(1)  # answer tokens per row, for picking the kept rows' logits
-    offsets = torch.cat([student_rows.new_zeros(1), student_rows.cumsum(0)])
-    student_logits = torch.cat([student.logits[offsets[i] : offsets[i + 1]] for i in keep]).float()  # [N, V]
+    student_logits = student.logits[keep][:, :-1][at_student].float()  # [B, S, V] -> [N, V] at the answer tokens
     kl = nn.functional.kl_div(student_logits.log_softmax(-1), teacher_logits.log_softmax(-1), log_target=True, reduction="batchmean")
     return loss / len(DISTILL_LAYERS) + kl
 

@@ -122,9 +122,12 @@ What this says (one seed, 150 steps):
 - Tokens made of the LM's word embeddings (`words2_grid`) do not train at this budget (loss 6.99, empty answers)
   unless learned prompt tokens follow them (`words2_grid_prompt`), and then they are no better than `base`.
 - Packing all six turns of an image into one sequence (`base_pack`) costs 2.5x per step and is worse on every
-  question type at equal steps; distillation from the LM reading the caption (`base_distill`) is in the table above.
-- The noise is large: an earlier run of this harness gave `base` 18% / 35% on held-out colour / shape. A ranking
-  needs several seeds (`--seed`; `--table` then adds mean +- standard error per arm), which this run does not have.
+  question type at equal steps. Distillation from the LM reading the caption (`base_distill`, run on its own after
+  a fix: `--arms base_distill`) pulls the student towards hidden states it cannot produce yet; the answer loss
+  loses (2.80) and no answer is right, at 2.5x the step cost.
+- The noise is large: an earlier run of this harness gave `base` 18% / 35% on held-out colour / shape. Over three
+  seeds, SEEDS_VERDICT
+- Every arm trains with the model's default [B, S, V] logits, so the step costs include the full LM head.
 - The quickstart keeps `base`: its step is the cheapest, so the clock gives it the most steps, and at the
   quickstart's budget (hundreds of steps) it answers held-out colour and shape far above its 150-step numbers
   (README). The options stay available: docs/mlp_projector.md."""
@@ -142,8 +145,8 @@ Where it crosses 90%: it does not, within 3000 steps. Colour and shape climb fas
 flatten: test colour 63% -> 73% and held-out colour 52% -> 58% from step 1000 to 3000, shape within 63-71% (test) and
 45-55% (held-out) after step 1000, while count reaches 97-98%. The quickstart trains this step on a quiet 2-core CPU
 with native bf16 at under 0.85 s wall time per step (602 steps in 510 s, feature cache included; README), so 3000
-steps would be about 40 minutes of training; the curve shows that more time alone does not bring this recipe to 90%, and the 15-minute default takes the
-steps its clock allows. The CPU minutes above are of 1 thread beside other runs, so they are larger than the wall
+steps would be about 40 minutes of training; the curve shows that more time alone does not bring this recipe to
+90%, and the 15-minute default takes the steps its clock allows. The CPU minutes above are of 1 thread beside other runs, so they are larger than the wall
 minutes of the quickstart's 2 threads."""
 
 SECTIONS = (

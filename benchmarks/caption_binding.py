@@ -1,13 +1,13 @@
 """Do the default's captions bind colour to shape better than its answers do? (Decides "describe, then answer".)
 
-    python benchmarks/caption_binding.py                      # reads outputs/quickstart/eval/<split>/predictions.jsonl
+    python benchmarks/caption_binding.py                      # reads outputs/quickstart/eval/<split>/
     python benchmarks/caption_binding.py --eval-dir runs/x/eval
 
 If the model's own captions named each object's colour and shape correctly far more often than it answers colour and
 shape questions, answering with its caption in context could carry that over. This reads the predictions an
-evaluation already wrote (no model runs) and, per split, compares:
+evaluation already wrote (`predictions.jsonl` and `metrics.json`; no model runs) and, per split, compares:
 
-- the VQA accuracy on colour and shape questions;
+- the evaluation's VQA accuracy on colour and shape questions;
 - the captions' objects: each (colour, shape) pair named in the reference, in order, against the prediction's pairs
   (per object, and whole captions whose pairs all match).
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from hf_vadapter.data.synthetic import COLORS, HELDOUT_SPLIT, SHAPES
+from hf_vadapter.evaluation.runner import METRICS_NAME, PREDICTIONS_NAME
 
 SPLITS = ("test", HELDOUT_SPLIT)
 
@@ -37,20 +38,18 @@ def object_pairs(caption: str) -> List[Tuple[str, str]]:
     return pairs
 
 
-def split_scores(rows: List[Dict]) -> Dict[str, float]:
-    answers = {kind: [r["prediction"].strip().lower() == r["target"].strip().lower() for r in rows
-                      if r["task"] == "vqa" and r["question_type"] == kind] for kind in ("color", "shape")}
+def caption_scores(rows: List[Dict]) -> Dict[str, float]:
+    """Per object of the reference captions: is its colour / shape named at its place in the predicted caption; and
+    the share of captions whose (colour, shape) pairs all match."""
     objects, colours, shapes, whole = 0, 0, 0, []
     for row in (r for r in rows if r["task"] == "caption"):
         reference, predicted = object_pairs(row["target"]), object_pairs(row["prediction"])
-        predicted += [(None, None)] * (len(reference) - len(predicted))
+        whole.append(predicted == reference)
+        predicted += [(None, None)] * (len(reference) - len(predicted))  # a missing object matches nothing
         objects += len(reference)
         colours += sum(r[0] == p[0] for r, p in zip(reference, predicted))
         shapes += sum(r[1] == p[1] for r, p in zip(reference, predicted))
-        whole.append(reference == predicted[: len(reference)] and len(predicted) == len(reference))
     return {
-        "answers_color": sum(answers["color"]) / max(len(answers["color"]), 1),
-        "answers_shape": sum(answers["shape"]) / max(len(answers["shape"]), 1),
         "caption_objects": objects,
         "caption_color": colours / max(objects, 1),
         "caption_shape": shapes / max(objects, 1),
@@ -68,11 +67,13 @@ def main(argv=None) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for split in SPLITS:
-        path = args.eval_dir / split / "predictions.jsonl"
-        s = split_scores([json.loads(line) for line in path.open() if line.strip()])
+        folder = args.eval_dir / split
+        s = caption_scores([json.loads(line) for line in (folder / PREDICTIONS_NAME).open() if line.strip()])
+        s.update(json.loads((folder / METRICS_NAME).read_text()))  # the evaluation's own VQA scores
         lines.append(
-            f"| {split} | {100 * s['answers_color']:.0f}% | {100 * s['answers_shape']:.0f}% | {s['caption_objects']} | "
-            f"{100 * s['caption_color']:.0f}% | {100 * s['caption_shape']:.0f}% | {100 * s['caption_all_pairs']:.0f}% |"
+            f"| {split} | {100 * s['vqa_accuracy_color']:.0f}% | {100 * s['vqa_accuracy_shape']:.0f}% | "
+            f"{s['caption_objects']} | {100 * s['caption_color']:.0f}% | {100 * s['caption_shape']:.0f}% | "
+            f"{100 * s['caption_all_pairs']:.0f}% |"
         )
     table = "\n".join(lines)
     print(table)

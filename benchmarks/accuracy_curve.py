@@ -106,10 +106,9 @@ def main(argv=None):
     dtype = model.language_model.dtype
     dtype_name = str(dtype).replace("torch.", "")
     setting = (f"Machine: {machine()}. LM in {dtype_name} (chosen at start-up by measurement); {args.steps} steps of "
-               f"batch "
-               f"{preset.batch_size}, cosine over all of them, seed {args.seed}; {preset.num_train_images} training "
-               f"scenes, VQA on {preset.num_test_images} test and {preset.num_heldout_images} held-out scenes; "
-               f"accuracy in %.")
+               f"batch {preset.batch_size}, cosine over all of them, seed {args.seed}; {preset.num_train_images} "
+               f"training scenes, VQA on {preset.num_test_images} test and {preset.num_heldout_images} held-out "
+               f"scenes; accuracy in %.")
     print(setting, flush=True)
     rows = []
     output.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ from common import backbone_paths, machine  # noqa: E402
 from epalm_backward import clock  # noqa: E402
 
 from hf_vadapter import MLPProjectorConfig, VisionAdapterForCausalLM, VisionAdapterProcessor  # noqa: E402
-from hf_vadapter.data.synthetic import HELDOUT_SPLIT, build_synthetic_dataset  # noqa: E402
+from hf_vadapter.data.synthetic import HELDOUT_SPLIT, QUESTION_TYPES, build_synthetic_dataset  # noqa: E402
 from hf_vadapter.modeling.mlp_projector import caption_token_vocabulary, grid_position_prefixes  # noqa: E402
 from hf_vadapter.modeling.safe_io import load_safetensors, save_safetensors  # noqa: E402
 from hf_vadapter.training.dtype_choice import choose_language_model_dtype  # noqa: E402
@@ -237,22 +237,19 @@ def evaluate_arm(model, processor, items, features) -> Dict[str, float]:
     return {kind: sum(v) / len(v) for kind, v in sorted(hits.items())}
 
 
-KINDS = ("color", "shape", "count", "position", "yes_no")
-
-
 def results_table(results: List[Dict]) -> List[str]:
     """Markdown rows: accuracy per question type on both splits, and the step cost (median process CPU seconds)
     relative to the `base` arm of the same steps and seed in the results file."""
     base = {(r["steps"], r["seed"]): r["step_s"] for r in results if r["arm"] == "base"}
     lines = [
-        "| arm | steps | seed | step cost vs base | train CPU min | final loss | test " + " / ".join(KINDS)
-        + " | test_heldout " + " / ".join(KINDS) + " |",
+        "| arm | steps | seed | step cost vs base | train CPU min | final loss | test " + " / ".join(QUESTION_TYPES)
+        + " | test_heldout " + " / ".join(QUESTION_TYPES) + " |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         reference = base.get((r["steps"], r["seed"]))
         cost = f"{r['step_s'] / reference:.2f}" if reference else "n/a"
-        accuracy = [" / ".join(f"{100 * r[split].get(kind, 0):.0f}" for kind in KINDS)
+        accuracy = [" / ".join(f"{100 * r[split].get(kind, 0):.0f}" for kind in QUESTION_TYPES)
                     for split in ("test", HELDOUT_SPLIT)]
         lines.append(
             f"| {r['arm']} | {r['steps']} | {r['seed']} | {cost} | {r['train_cpu_min']:.1f} | {r['final_loss']:.2f} | "
@@ -305,9 +302,8 @@ def main(argv=None):
     dtype = choose_language_model_dtype()
     dtype_name = str(dtype).replace("torch.", "")
     setting = (f"Machine: {machine()}. LM in {dtype_name} (chosen at start-up by measurement); {args.steps} steps of "
-               f"batch "
-               f"{BATCH}, lr {LR}, seed {args.seed}; {args.train_images} training scenes, {args.test_images} test and "
-               f"{args.heldout_images} held-out scenes; accuracy in %.")
+               f"batch {BATCH}, lr {LR}, seed {args.seed}; {args.train_images} training scenes, {args.test_images} "
+               f"test and {args.heldout_images} held-out scenes; accuracy in %.")
     print(setting, flush=True)
     paths = backbone_paths()
     splits = {

@@ -17,7 +17,8 @@ order, with the same optimiser, schedule, batch and seed; only the adapter's out
 - `..._bow`: plus a loss tying the word mixtures to the caption's tokens (an image-level bag of tokens);
 - `..._distill`: the frozen LM reading the image's caption in words is a teacher (KL on the answer, layer-normed
   hidden states at the answer positions matched at layers 8/16/24);
-- `..._pack`: all turns of an image (its questions and caption) in one multi-turn sequence.
+- `..._pack`: all turns of an image (its questions and caption) in one multi-turn sequence;
+- `..._lora`: LoRA (r 8) on the frozen LM's attention projections beside the adapter (`lora_for_language_model`).
 
 Training uses images, prompts and targets only (the synthetic generator's per-object labels are never read).
 Each arm reports VQA first-word accuracy per question type on `test` and `test_heldout` (unseen colour-shape pairs),
@@ -44,7 +45,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import backbone_paths, machine  # noqa: E402
 from epalm_backward import clock  # noqa: E402
 
-from hf_vadapter import MLPProjectorConfig, VisionAdapterForCausalLM, VisionAdapterProcessor  # noqa: E402
+from hf_vadapter import (  # noqa: E402
+    MLPProjectorConfig, VisionAdapterForCausalLM, VisionAdapterProcessor, lora_for_language_model,
+)
 from hf_vadapter.data.synthetic import HELDOUT_SPLIT, QUESTION_TYPES, build_synthetic_dataset  # noqa: E402
 from hf_vadapter.modeling.mlp_projector import caption_token_vocabulary, grid_position_prefixes  # noqa: E402
 from hf_vadapter.modeling.safe_io import load_safetensors, save_safetensors  # noqa: E402
@@ -56,7 +59,7 @@ OUT = Path("outputs/binding_sweep")
 
 def arm_config(name: str, tokenizer, captions: List[str]) -> MLPProjectorConfig:
     fields = dict(feature_layers=LAYERS, pool_size=POOL)
-    base = name.replace("_grid", "").replace("_pack", "").replace("_bow", "").replace("_prompt", "").replace("_distill", "")
+    base = name.split("_")[0]
     if base.startswith("slots"):
         fields["tokens_per_cell"] = int(base[len("slots"):])
     elif base.startswith("words"):
@@ -179,6 +182,11 @@ def train_arm(name, config, paths, features, train_items, args, dtype, bags=None
     model = VisionAdapterForCausalLM.from_vision_text_pretrained(*paths, config, image_size=IMAGE_SIZE)
     model.cast_language_model(dtype).train()
     processor = VisionAdapterProcessor.for_model(model, use_chat_template=False, image_placement="end")
+    if "_lora" in name:
+        from peft import get_peft_model
+
+        attention = ["q_proj", "k_proj", "v_proj", "o_proj"]
+        model = get_peft_model(model, lora_for_language_model(model, attention, r=8, lora_dropout=0.0))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(

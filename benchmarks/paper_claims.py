@@ -2,6 +2,9 @@
 
     python benchmarks/paper_claims.py       # defaults: ~25 min of CPU on 1 thread (43 min wall, shared CPU)
     python benchmarks/paper_claims.py --steps 4 --eval-every 2 --eval-images 2 --stage1-steps 2   # smoke pass
+    python benchmarks/paper_claims.py --arms palm2_stage1 palm2_pretrained palm2_random palm2_stage1_6layer \
+        perceiver mlp_projector --seed 1 --results outputs/paper_claims.jsonl     # one seed of claims a-c
+    python benchmarks/paper_claims.py --seeds-table outputs/paper_claims.jsonl   # claims over every seed run so far
 
 Every arm trains on the same backbones (DINOv2-small + SmolLM2-135M-Instruct, 126 px), the same rows in the same
 order, for the same steps and batch, from the same seed, with the same optimizer: AdamW with the PaLM2-VAdapter
@@ -14,6 +17,10 @@ The validation loss (over every supervised token of a fixed validation set) is t
 end each arm answers the questions of a few test and test_heldout images (greedy), scored by exact match per question
 type.
 
+With --results, each arm's curve and scores are appended to a JSON-lines file; --seeds-table then decides claims
+a-c over all seeds in it, each check as a mean paired difference with its standard error (a seed draws its own
+scenes, row order and initialisation).
+
 The tiny LM of PaLM2-VAdapter is SmolLM2-135M-Instruct cut to its first --tiny-layers decoder layers (with its
 embeddings and final norm), saved once as a LlamaForCausalLM folder next to the converted SmolLM2: no smaller LM of
 that family is packaged. "LM-pretrained" starts from that folder; "stage-1" first trains it (the whole tiny LM and an
@@ -22,6 +29,7 @@ attentional pooler) on the same rows for --stage1-steps steps, then hands it ove
 
 import argparse
 import gc
+import json
 import math
 import os
 import random
@@ -487,6 +495,90 @@ def report(runs: Dict[str, Run], stage1: Optional[Run], args, plots: Dict[str, P
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------ over seeds
+
+
+def run_record(run: Run, args) -> Dict:
+    """What --results keeps of one arm of one seed."""
+    return {"arm": run.arm, "seed": args.seed, "steps": args.steps, "stage1_steps": args.stage1_steps,
+            "val_steps": run.val_steps, "val_loss": run.val_loss, "step_time": run.step_time,
+            "test": run.accuracy("test"), "test_heldout": run.accuracy("test_heldout")}
+
+
+# Per claim of a-c: (label, arm the paper favours, arm it beats, quantity, lower is better).
+SEED_CHECKS = {
+    "a": [("PaLM2-VAdapter vs perceiver: mean validation loss over the run (convergence speed)",
+           "palm2_stage1", "perceiver", "mean_loss", True),
+          ("PaLM2-VAdapter vs perceiver: final validation loss", "palm2_stage1", "perceiver", "final_loss", True),
+          ("PaLM2-VAdapter vs perceiver: VQA exact match", "palm2_stage1", "perceiver", "accuracy", False),
+          ("PaLM2-VAdapter vs MLP projector: final validation loss", "palm2_stage1", "mlp_projector", "final_loss",
+           True)],
+    "b": [("stage-1 vs LM-pretrained tiny LM: final validation loss", "palm2_stage1", "palm2_pretrained",
+           "final_loss", True),
+          ("LM-pretrained vs random tiny LM: final validation loss", "palm2_pretrained", "palm2_random",
+           "final_loss", True),
+          ("stage-1 vs random tiny LM: VQA exact match", "palm2_stage1", "palm2_random", "accuracy", False)],
+    "c": [("1-layer vs 6-layer resampler: final validation loss", "palm2_stage1", "palm2_stage1_6layer",
+           "final_loss", True),
+          ("1-layer vs 6-layer resampler: VQA exact match", "palm2_stage1", "palm2_stage1_6layer", "accuracy",
+           False)],
+}
+
+
+def _quantity(record: Dict, name: str) -> float:
+    if name == "mean_loss":
+        return statistics.mean(record["val_loss"][1:])
+    if name == "final_loss":
+        return record["val_loss"][-1]
+    return (record["test"] + record["test_heldout"]) / 2
+
+
+def _mean_se(values: List[float]) -> Tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
+
+
+def seeds_table(records: List[Dict]) -> str:
+    """Claims a-c over every seed in `records`: per arm mean +- standard error, then each check as the mean paired
+    difference (favoured arm minus the other, same seed) with its standard error. A check holds when the difference
+    favours the paper by more than 2 standard errors, is reversed when it opposes it by more, else it is undecided."""
+    by_arm: Dict[str, Dict[int, Dict]] = {}
+    for record in records:
+        by_arm.setdefault(record["arm"], {})[record["seed"]] = record
+    steps = sorted({(r["steps"], r["stage1_steps"]) for r in records})
+    rows = []
+    for arm, seeds in by_arm.items():
+        cells = [f"{m:.3f} +- {e:.3f}" for m, e in (_mean_se([_quantity(r, q) for r in seeds.values()])
+                                                     for q in ("mean_loss", "final_loss"))]
+        for split in ("test", "test_heldout"):
+            mean, error = _mean_se([r[split] for r in seeds.values()])
+            cells.append(f"{mean:.1f} +- {error:.1f}")
+        rows.append([ARMS[arm], " ".join(str(s) for s in sorted(seeds)), *cells])
+    lines = [f"Steps (stage 1 steps): {', '.join(f'{a} ({b})' for a, b in steps)}. Mean +- standard error over the "
+             "seeds.", "",
+             table(["arm", "seeds", "mean val loss over the run", "final val loss", "VQA EM test", "VQA EM held-out"],
+                   rows), ""]
+    for claim in CLAIMS:
+        if claim.key not in SEED_CHECKS or not set(claim.arms) <= set(by_arm):
+            continue
+        outcomes = []
+        for label, favoured, other, quantity, lower_better in SEED_CHECKS[claim.key]:
+            seeds = sorted(set(by_arm[favoured]) & set(by_arm[other]))
+            differences = [_quantity(by_arm[favoured][s], quantity) - _quantity(by_arm[other][s], quantity)
+                           for s in seeds]
+            mean, error = _mean_se(differences)
+            favours = -mean if lower_better else mean
+            outcome = "holds" if favours > 2 * error else "reversed" if favours < -2 * error else "undecided"
+            outcomes.append((outcome, f"{label}: {mean:+.3f} +- {error:.3f} over {len(seeds)} seeds ({outcome})"))
+        held = sum(outcome == "holds" for outcome, _ in outcomes)
+        verdict_text = ("reproduced" if held == len(outcomes) else "not reproduced" if held == 0
+                        else "partly reproduced")
+        lines += [f"**Claim {claim.key}: {claim.title}.** Paper: {claim.paper}. **{verdict_text.capitalize()}** "
+                  "over the seeds (difference = favoured arm minus the other, same seed; holds when it favours the "
+                  "paper by more than 2 standard errors):", ""]
+        lines += [f"- {text}" for _, text in outcomes] + [""]
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -509,12 +601,18 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "plots")
+    parser.add_argument("--results", type=Path, help="append each arm's curve and scores to this JSON-lines file")
+    parser.add_argument("--seeds-table", type=Path, help="print claims a-c over the seeds in this file and stop")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> str:
     """Train every arm, score it, plot each claim and return the markdown report (also printed)."""
     args = parse_args(argv)
+    if args.seeds_table:
+        markdown = seeds_table([json.loads(line) for line in args.seeds_table.read_text().splitlines() if line])
+        print(markdown)
+        return markdown
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     image_processor = resize_image_processor(load_image_processor(backbone_paths()[0]), IMAGE_SIZE)
@@ -535,6 +633,10 @@ def main(argv: Optional[List[str]] = None) -> str:
             stage1_run = run_stage1(tiny_lm, splits, cache, args, stage1)
         for arm in args.arms:
             runs[arm] = run_arm(arm, tiny_lm, stage1, splits, cache, args)
+            if args.results:
+                args.results.parent.mkdir(parents=True, exist_ok=True)
+                with args.results.open("a") as handle:
+                    handle.write(json.dumps(run_record(runs[arm], args)) + "\n")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     plots = {claim.key: plot(claim, runs, args.out_dir) for claim in CLAIMS if set(claim.arms) <= set(runs)}
     markdown = report(runs, stage1_run, args, plots)

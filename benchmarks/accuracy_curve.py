@@ -3,6 +3,7 @@
     python benchmarks/accuracy_curve.py                          # 3000 steps, a checkpoint every 500, 1 thread
     python benchmarks/accuracy_curve.py --steps 1000 --every 250
     python benchmarks/accuracy_curve.py --table                  # the results so far
+    python benchmarks/accuracy_curve.py --rescore --checkpoints 1000 3000 --seen-images 100   # seen vs unseen scenes
 
 One run of the quickstart's default (same preset, data, seed and LM dtype choice; `quickstart.training_arguments`),
 with the step count raised and no wall-clock budget, so the cosine schedule spans all `--steps`. An adapter-only
@@ -12,6 +13,10 @@ CPU is close to wall time with the same number of threads.
 
 A checkpoint in the middle of the run was trained at a higher learning rate than a run that ends there, so the curve
 shows what the recipe learns with more steps, not what a shorter quickstart would score at each point.
+
+`--rescore` trains nothing: it scores the run's saved checkpoints again, adding with `--seen-images N` the first N
+training scenes, the ones the adapter learned from. Seen scenes answered far better than test scenes mean the
+recipe memorises its scenes, and more distinct scenes, not more steps, are what it lacks.
 """
 
 import argparse
@@ -53,12 +58,16 @@ class CheckpointClock(TrainerCallback):
         self.cpu_s_at_step[state.global_step] = time.process_time() - self.started
 
 
-def evaluate_checkpoint(model, processor, folder: Path, preset, seed: int) -> Dict[str, Dict[str, float]]:
-    """VQA accuracy per question type, the checkpoint's adapter weights in the trained model (same bases, dtypes)."""
+def evaluate_checkpoint(model, processor, folder: Path, preset, seed: int, seen_images: int = 0) -> Dict[str, Dict[str, float]]:
+    """VQA accuracy per question type, the checkpoint's adapter weights in the trained model (same bases, dtypes);
+    with `seen_images`, also on that many of the training scenes (split "train")."""
     model.load_vision_adapter(folder)
     model.eval()
     scores = {}
-    for split, size in zip(SPLITS, (preset.num_test_images, preset.num_heldout_images)):
+    sizes = {"test": preset.num_test_images, HELDOUT_SPLIT: preset.num_heldout_images, "train": seen_images}
+    for split, size in sizes.items():
+        if not size:
+            continue
         questions = build_synthetic_dataset(split, size, image_size=preset.image_size, seed=seed, tasks="vqa")
         metrics = evaluate_model(model, processor, questions, batch_size=32, max_new_tokens=32, progress=False)
         scores[split] = {kind: metrics[f"vqa_accuracy_{kind}"] for kind in QUESTION_TYPES}
@@ -66,12 +75,41 @@ def evaluate_checkpoint(model, processor, folder: Path, preset, seed: int) -> Di
 
 
 def results_table(results: List[Dict]) -> List[str]:
+    """Markdown rows per checkpoint; a column of seen training scenes when every row was scored on them."""
     header = " / ".join(QUESTION_TYPES)
-    lines = [f"| step | train CPU min | test {header} | {HELDOUT_SPLIT} {header} |", "|---|---|---|---|"]
+    splits = SPLITS + (("train",) if results and all("train" in r for r in results) else ())
+    names = {"train": "seen training scenes"}
+    lines = ["| step | train CPU min | " + " | ".join(f"{names.get(split, split)} {header}" for split in splits) + " |",
+             "|---|---|" + "---|" * len(splits)]
     for r in results:
-        accuracy = [" / ".join(f"{100 * r[split][kind]:.0f}" for kind in QUESTION_TYPES) for split in SPLITS]
-        lines.append(f"| {r['step']} | {r['train_cpu_min']:.1f} | {accuracy[0]} | {accuracy[1]} |")
+        accuracy = [" / ".join(f"{100 * r[split][kind]:.0f}" for kind in QUESTION_TYPES) for split in splits]
+        lines.append(f"| {r['step']} | {r['train_cpu_min']:.1f} | " + " | ".join(accuracy) + " |")
     return lines
+
+
+def rescore(args, output: Path, preset) -> str:
+    """Score saved checkpoints again (with the LM in the dtype the run chose), adding `--seen-images` training
+    scenes; rows go to `rescored.jsonl`."""
+    from hf_vadapter import VisionAdapterForCausalLM, VisionAdapterProcessor
+    from hf_vadapter.training.dtype_choice import choose_language_model_dtype
+
+    runs = {json.loads(line)["step"]: json.loads(line) for line in open(output / "results.jsonl") if line.strip()}
+    folder = output / "adapter"
+    model = VisionAdapterForCausalLM.from_pretrained(folder)
+    model.cast_language_model(choose_language_model_dtype())
+    processor = VisionAdapterProcessor.from_pretrained(folder)
+    rows = []
+    with open(output / "rescored.jsonl", "a") as results:
+        for step in args.checkpoints:
+            scores = evaluate_checkpoint(model, processor, folder / f"checkpoint-{step}", preset, args.seed,
+                                         args.seen_images)
+            row = {"step": step, "seed": args.seed, "train_cpu_min": runs[step]["train_cpu_min"],
+                   "lm_dtype": str(model.language_model.dtype), **scores}
+            results.write(json.dumps(row) + "\n")
+            rows.append(row)
+    table = "\n".join(results_table(rows))
+    print(table)
+    return table
 
 
 def main(argv=None):
@@ -85,6 +123,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output-dir", default=str(OUT))
     parser.add_argument("--table", action="store_true", help="print the results file as a table and stop")
+    parser.add_argument("--rescore", action="store_true", help="score the saved --checkpoints again; no training")
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=[3000], help="steps to score with --rescore")
+    parser.add_argument("--seen-images", type=int, default=0, help="with --rescore, also score this many "
+                        "training scenes")
     args = parser.parse_args(argv)
     output = Path(args.output_dir)
     results_file = output / "results.jsonl"
@@ -95,6 +137,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     preset = replace(PRESETS["default"], num_train_images=args.train_images, num_test_images=args.test_images,
                      num_heldout_images=args.heldout_images)
+    if args.rescore:
+        return rescore(args, output, preset)
     model_args, data_args, training_args = training_arguments(
         preset, convert_dinov2(), convert_smollm2(), output, args.seed
     )

@@ -85,7 +85,8 @@ def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[D
         "rows, steps and seed; none of several tokens per cell, grid position words, a learned soft prompt, "
         "packed multi-question rows or caption-teacher distillation came near 90% on colour or shape, and only two "
         "tokens per cell answered unseen pairs' shapes better than this plain projector at the sweep's short budget "
-        "(BENCHMARKS.md, \"Binding lever sweep\", with standard errors over seeds). The plain projector has the "
+        "(BENCHMARKS.md, \"Binding lever sweep\", with standard errors over seeds); at the quickstart's 600 "
+        "steps that lead was gone (3 seeds). The plain projector has the "
         "cheapest step, so it gets the most steps from the clock.",
         "- With more time: `benchmarks/accuracy_curve.py` trains this recipe for longer and scores a checkpoint every "
         "500 steps; BENCHMARKS.md, \"Accuracy against training time, default recipe\", says where colour and shape "

@@ -91,12 +91,12 @@ def rescore(args, output: Path, preset) -> str:
     """Score saved checkpoints again (with the LM in the dtype the run chose), adding `--seen-images` training
     scenes; rows go to `rescored.jsonl`."""
     from hf_vadapter import VisionAdapterForCausalLM, VisionAdapterProcessor
-    from hf_vadapter.training.dtype_choice import choose_language_model_dtype
 
-    runs = {json.loads(line)["step"]: json.loads(line) for line in open(output / "results.jsonl") if line.strip()}
+    trained = [json.loads(line) for line in (output / "results.jsonl").read_text().splitlines() if line.strip()]
+    runs = {row["step"]: row for row in trained}
     folder = output / "adapter"
     model = VisionAdapterForCausalLM.from_pretrained(folder)
-    model.cast_language_model(choose_language_model_dtype())
+    model.cast_language_model(getattr(torch, runs[args.checkpoints[0]]["lm_dtype"].replace("torch.", "")))
     processor = VisionAdapterProcessor.from_pretrained(folder)
     rows = []
     with open(output / "rescored.jsonl", "a") as results:

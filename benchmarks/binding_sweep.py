@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import backbone_paths, machine  # noqa: E402
+from common import backbone_paths, machine, mean_and_standard_error  # noqa: E402
 from epalm_backward import clock  # noqa: E402
 
 from hf_vadapter import (  # noqa: E402
@@ -280,9 +280,8 @@ def seed_summary(results: List[Dict]) -> List[str]:
         cells = []
         for split in ("test", HELDOUT_SPLIT):
             for kind in ("color", "shape"):
-                values = [100 * r[split][kind] for r in group]
-                error = statistics.stdev(values) / math.sqrt(len(values))
-                cells.append(f"{statistics.mean(values):.1f} +- {error:.1f}")
+                mean, error = mean_and_standard_error([100 * r[split][kind] for r in group])
+                cells.append(f"{mean:.1f} +- {error:.1f}")
         seeds = " ".join(str(r["seed"]) for r in group)
         lines.append(f"| {arm} | {steps} | {seeds} | " + " | ".join(cells) + " |")
     return lines if len(lines) > 2 else []

@@ -7,12 +7,13 @@ CPU: the work done, robust to other load); generation uses wall time, since toke
 
 import contextlib
 import io
+import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
-from typing import Callable, Dict, Iterator, List, Sequence
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import torch
 
@@ -95,6 +96,12 @@ def median_times(fns: Sequence[Callable[[], object]], repeats: int, timer: Calla
 def median_time(fn: Callable[[], object], repeats: int, timer: Callable[[], float] = None) -> float:
     """Median of `repeats` timed calls after one untimed warm-up."""
     return median_times([fn], repeats, timer)[0]
+
+
+def mean_and_standard_error(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean of `values` over seeds and its standard error (0 for a single value)."""
+    error = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return statistics.mean(values), error
 
 
 def machine() -> str:

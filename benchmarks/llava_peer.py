@@ -31,7 +31,6 @@ ours is also evaluated carrying LLaVA's trained projector, which checks that the
 """
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -52,7 +51,7 @@ from transformers import (
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import backbone_paths, clock, machine, median_time  # noqa: E402
+from common import backbone_paths, clock, machine, mean_and_standard_error, median_time  # noqa: E402
 
 from hf_vadapter import MLPProjectorConfig, VisionAdapterForCausalLM, VisionAdapterProcessor
 from hf_vadapter.data.synthetic import QUESTION_TYPES, build_synthetic_dataset
@@ -386,9 +385,7 @@ def mean_over_seeds(per_seed: List[Dict[str, dict]]) -> Dict[str, dict]:
 
 def paired_gap(per_seed: List[Dict[str, dict]], split: str) -> Tuple[float, float]:
     """Mean over seeds of ours - LLaVA overall accuracy on `split`, and its standard error (0 for one seed)."""
-    gaps = [seed["ours"][split]["all"] - seed["LLaVA"][split]["all"] for seed in per_seed]
-    error = statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else 0.0
-    return statistics.mean(gaps), error
+    return mean_and_standard_error([seed["ours"][split]["all"] - seed["LLaVA"][split]["all"] for seed in per_seed])
 
 
 def seed_table(per_seed: List[Dict[str, dict]], seeds: List[int]) -> List[str]:

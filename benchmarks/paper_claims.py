@@ -44,7 +44,7 @@ import torch
 from transformers import get_constant_schedule_with_warmup
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import adapter_configs, backbone_paths, machine  # noqa: E402
+from common import adapter_configs, backbone_paths, machine, mean_and_standard_error  # noqa: E402
 from epalm_backward import clock  # noqa: E402
 
 from hf_vadapter import (  # noqa: E402
@@ -533,10 +533,6 @@ def _quantity(record: Dict, name: str) -> float:
     return (record["test"] + record["test_heldout"]) / 2
 
 
-def _mean_se(values: List[float]) -> Tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
-
-
 def seeds_table(records: List[Dict]) -> str:
     """Claims a-c over every seed in `records`: per arm mean +- standard error, then each check as the mean paired
     difference (favoured arm minus the other, same seed) with its standard error. A check holds when the difference
@@ -547,10 +543,10 @@ def seeds_table(records: List[Dict]) -> str:
     steps = sorted({(r["steps"], r["stage1_steps"]) for r in records})
     rows = []
     for arm, seeds in by_arm.items():
-        cells = [f"{m:.3f} +- {e:.3f}" for m, e in (_mean_se([_quantity(r, q) for r in seeds.values()])
+        cells = [f"{m:.3f} +- {e:.3f}" for m, e in (mean_and_standard_error([_quantity(r, q) for r in seeds.values()])
                                                      for q in ("mean_loss", "final_loss"))]
         for split in ("test", "test_heldout"):
-            mean, error = _mean_se([r[split] for r in seeds.values()])
+            mean, error = mean_and_standard_error([r[split] for r in seeds.values()])
             cells.append(f"{mean:.1f} +- {error:.1f}")
         rows.append([ARMS[arm], " ".join(str(s) for s in sorted(seeds)), *cells])
     lines = [f"Steps (stage 1 steps): {', '.join(f'{a} ({b})' for a, b in steps)}. Mean +- standard error over the "
@@ -565,13 +561,11 @@ def seeds_table(records: List[Dict]) -> str:
             seeds = sorted(set(by_arm[favoured]) & set(by_arm[other]))
             differences = [_quantity(by_arm[favoured][s], quantity) - _quantity(by_arm[other][s], quantity)
                            for s in seeds]
-            mean, error = _mean_se(differences)
+            mean, error = mean_and_standard_error(differences)
             favours = -mean if lower_better else mean
             outcome = "holds" if favours > 2 * error else "reversed" if favours < -2 * error else "undecided"
             outcomes.append((outcome, f"{label}: {mean:+.3f} +- {error:.3f} over {len(seeds)} seeds ({outcome})"))
-        held = sum(outcome == "holds" for outcome, _ in outcomes)
-        verdict_text = ("reproduced" if held == len(outcomes) else "not reproduced" if held == 0
-                        else "partly reproduced")
+        verdict_text = verdict([(text, outcome == "holds") for outcome, text in outcomes])
         lines += [f"**Claim {claim.key}: {claim.title}.** Paper: {claim.paper}. **{verdict_text.capitalize()}** "
                   "over the seeds (difference = favoured arm minus the other, same seed; holds when it favours the "
                   "paper by more than 2 standard errors):", ""]

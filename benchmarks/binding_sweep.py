@@ -18,7 +18,9 @@ order, with the same optimiser, schedule, batch and seed; only the adapter's out
 - `..._distill`: the frozen LM reading the image's caption in words is a teacher (KL on the answer, layer-normed
   hidden states at the answer positions matched at layers 8/16/24);
 - `..._pack`: all turns of an image (its questions and caption) in one multi-turn sequence;
-- `..._lora`: LoRA (r 8) on the frozen LM's attention projections beside the adapter (`lora_for_language_model`).
+- `..._lora`: LoRA (r 8) on the frozen LM's attention projections beside the adapter (`lora_for_language_model`);
+- `..._lr<x>`: peak learning rate x instead of 2e-3 (e.g. `base_lr6e-3`);
+- `..._first`: the image before the question instead of after it.
 
 Training uses images, prompts and targets only (the synthetic generator's per-object labels are never read).
 Each arm reports VQA first-word accuracy per question type on `test` and `test_heldout` (unseen colour-shape pairs),
@@ -31,6 +33,7 @@ import json
 import math
 import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -40,13 +43,15 @@ from typing import Dict, List
 
 import torch
 from torch import nn
+from transformers import AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import backbone_paths, machine, mean_and_standard_error  # noqa: E402
 from epalm_backward import clock  # noqa: E402
 
 from hf_vadapter import (  # noqa: E402
-    MLPProjectorConfig, VisionAdapterForCausalLM, VisionAdapterProcessor, lora_for_language_model,
+    EPALMConfig, LlamaAdapterV2Config, MLPProjectorConfig, PerceiverResamplerConfig, VisionAdapterForCausalLM,
+    VisionAdapterProcessor, lora_for_language_model,
 )
 from hf_vadapter.data.synthetic import HELDOUT_SPLIT, QUESTION_TYPES, build_synthetic_dataset  # noqa: E402
 from hf_vadapter.modeling.mlp_projector import caption_token_vocabulary, grid_position_prefixes  # noqa: E402
@@ -57,9 +62,20 @@ IMAGE_SIZE, LAYERS, POOL, BATCH, LR, WARMUP = 126, [3, 6, 9], 3, 16, 2e-3, 30
 OUT = Path("outputs/binding_sweep")
 
 
-def arm_config(name: str, tokenizer, captions: List[str]) -> MLPProjectorConfig:
-    fields = dict(feature_layers=LAYERS, pool_size=POOL)
+# The other families at their defaults (as `paper_claims.py` builds them: 16 visual tokens, every LLaMA-Adapter V2
+# parameter trained on every batch since every row has an image).
+FAMILIES = {
+    "llama": lambda: LlamaAdapterV2Config(num_visual_tokens=16, disjoint_groups=False),
+    "epalm": lambda: EPALMConfig(),
+    "perceiver": lambda: PerceiverResamplerConfig(depth=6, num_latents=16),
+}
+
+
+def arm_config(name: str, tokenizer, captions: List[str]):
     base = name.split("_")[0]
+    if base in FAMILIES:
+        return FAMILIES[base]()
+    fields = dict(feature_layers=LAYERS, pool_size=POOL)
     if base.startswith("slots"):
         fields["tokens_per_cell"] = int(base[len("slots"):])
     elif base.startswith("words"):
@@ -75,8 +91,15 @@ def arm_config(name: str, tokenizer, captions: List[str]) -> MLPProjectorConfig:
 
 
 def cached_features(model, processor, datasets_by_split, seed: int) -> Dict[str, torch.Tensor]:
-    """Tower features [N, 1, L, S, Dv] (fp16) of every image of every split, computed once and kept on disk."""
-    path = OUT / f"features-s{seed}-{'-'.join(f'{k}{len(v)}' for k, v in datasets_by_split.items())}.safetensors"
+    """Tower features [N, 1, L, S, Dv] (fp16) of every image of every split, computed once per feature selection
+    (the model's adapter's `feature_layers`, `feature_select`, `feature_norm`) and kept on disk."""
+    adapter, default = model.config.adapter, MLPProjectorConfig(feature_layers=LAYERS, pool_size=POOL)
+    selection = [(c.feature_layers, c.feature_select, c.feature_norm) for c in (adapter, default)]
+    spec = "" if selection[0] == selection[1] else (  # the MLP's file keeps its old name
+        f"-{'_'.join(map(str, adapter.feature_layers))}-{adapter.feature_select}-{'norm' if adapter.feature_norm else 'raw'}"
+    )
+    sizes = "-".join(f"{k}{len(v)}" for k, v in datasets_by_split.items())
+    path = OUT / f"features-s{seed}-{sizes}{spec}.safetensors"
     if path.is_file():
         return load_safetensors(path)
     features = {}
@@ -180,15 +203,21 @@ def caption_teacher_loss(model, processor, items, batch, student, captions) -> t
 def train_arm(name, config, paths, features, train_items, args, dtype, bags=None, captions=None) -> Dict:
     torch.manual_seed(args.seed)
     model = VisionAdapterForCausalLM.from_vision_text_pretrained(*paths, config, image_size=IMAGE_SIZE)
-    model.cast_language_model(dtype).train()
-    processor = VisionAdapterProcessor.for_model(model, use_chat_template=False, image_placement="end")
+    if model.adapter.reaches_into_lm:  # in-layer adapters train inside the LM: it stays in fp32 for them
+        dtype = torch.float32
+    else:
+        model.cast_language_model(dtype)
+    model.train()
+    placement = "start" if "_first" in name else "end"
+    processor = VisionAdapterProcessor.for_model(model, use_chat_template=False, image_placement=placement)
     if "_lora" in name:
         from peft import get_peft_model
 
         attention = ["q_proj", "k_proj", "v_proj", "o_proj"]
         model = get_peft_model(model, lora_for_language_model(model, attention, r=8, lora_dropout=0.0))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
+    rate = re.search(r"_lr([0-9.e-]+)", name)
+    optimizer = torch.optim.AdamW(params, lr=float(rate.group(1)) if rate else LR, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: s / WARMUP if s < WARMUP else 0.5 * (1 + math.cos(math.pi * (s - WARMUP) / max(1, args.steps - WARMUP))),
@@ -225,7 +254,7 @@ def train_arm(name, config, paths, features, train_items, args, dtype, bags=None
             print(f"  {name} step {step + 1}/{args.steps}: loss {statistics.mean(losses[-25:]):.3f}, "
                   f"{statistics.median(step_times[-25:]):.2f} s/step", flush=True)
     model.eval()
-    return {"model": model, "processor": processor, "step_s": statistics.median(step_times[5:] or step_times),
+    return {"model": model, "processor": processor, "lm_dtype": str(dtype), "step_s": statistics.median(step_times[5:] or step_times),
             "train_cpu_min": sum(step_times) / 60, "final_loss": statistics.mean(losses[-25:])}
 
 
@@ -319,12 +348,17 @@ def main(argv=None):
         HELDOUT_SPLIT: build_synthetic_dataset(HELDOUT_SPLIT, args.heldout_images, IMAGE_SIZE, args.seed),
     }
     grouped = {split: image_rows(ds) for split, ds in splits.items()}
-    probe = VisionAdapterForCausalLM.from_vision_text_pretrained(
-        *paths, MLPProjectorConfig(feature_layers=LAYERS, pool_size=POOL), image_size=IMAGE_SIZE
-    ).eval()
-    processor = VisionAdapterProcessor.for_model(probe, use_chat_template=False, image_placement="end")
-    features = cached_features(probe, processor, grouped, args.seed)
-    del probe
+    features_of = {}  # feature selection -> features per split
+
+    def features_for(config) -> Dict[str, torch.Tensor]:
+        key = (tuple(config.feature_layers), config.feature_select, config.feature_norm)
+        if key not in features_of:
+            probe = VisionAdapterForCausalLM.from_vision_text_pretrained(*paths, config, image_size=IMAGE_SIZE).eval()
+            processor = VisionAdapterProcessor.for_model(probe, use_chat_template=False)
+            features_of[key] = cached_features(probe, processor, grouped, args.seed)
+        return features_of[key]
+
+    tokenizer = AutoTokenizer.from_pretrained(paths[1])
     items = {
         split: [{**row, "index": i} for i, image in enumerate(images) for row in image["rows"]]
         for split, images in grouped.items()
@@ -332,19 +366,20 @@ def main(argv=None):
     captions = [row["target"] for row in items["train"] if row["type"] == "caption"]
     results = []
     for name in args.arms:
-        config = arm_config(name, processor.tokenizer, captions)
+        config = arm_config(name, tokenizer, captions)
+        features = features_for(config)
         began = time.time()
         bags = None
-        if config.token_vocabulary:  # the caption's tokens as a multi-hot over the token vocabulary, per image
+        if getattr(config, "token_vocabulary", None):  # the caption's tokens as a multi-hot over the token vocabulary, per image
             position = {token: i for i, token in enumerate(config.token_vocabulary)}
             bags = torch.zeros(len(grouped["train"]), len(position))
             for item in items["train"]:
                 if item["type"] == "caption":
-                    for token in processor.tokenizer(item["target"], add_special_tokens=False)["input_ids"]:
+                    for token in tokenizer(item["target"], add_special_tokens=False)["input_ids"]:
                         bags[item["index"], position[token]] = 1.0
         caption_of_image = {item["index"]: item["target"] for item in items["train"] if item["type"] == "caption"}
         run = train_arm(name, config, paths, features["train"], items["train"], args, dtype, bags, caption_of_image)
-        result = {"arm": name, "seed": args.seed, "steps": args.steps, "lm_dtype": str(dtype),
+        result = {"arm": name, "seed": args.seed, "steps": args.steps, "lm_dtype": run["lm_dtype"],
                   "num_image_tokens": run["model"].config.num_image_tokens,
                   **{k: run[k] for k in ("step_s", "train_cpu_min", "final_loss")}}
         for split in ("test", HELDOUT_SPLIT):

@@ -11,6 +11,10 @@ evaluation already wrote (`predictions.jsonl` and `metrics.json`; no model runs)
 - the captions' objects: each (colour, shape) pair named in the reference, in order, against the prediction's pairs
   (per object, and whole captions whose pairs all match).
 
+A second table splits the colour and shape answers by the number of objects in the scene (read from the reference
+caption of the same image): right, another object's colour or shape (the attribute is seen but bound to the wrong
+object), or one absent from the scene (not read at all, e.g. a prior from the question's words).
+
 The colour and shape vocabulary comes from the synthetic generator, to read its captions; nothing here trains.
 """
 
@@ -57,6 +61,26 @@ def caption_scores(rows: List[Dict]) -> Dict[str, float]:
     }
 
 
+def answer_errors(rows: List[Dict]) -> Dict[Tuple[str, int], Dict[str, float]]:
+    """(question type, objects in the scene) -> answers: count, share right, share naming another object's attribute,
+    share naming an attribute absent from the scene. Colour and shape questions only."""
+    scene = {row["image_id"]: object_pairs(row["target"]) for row in rows if row["task"] == "caption"}
+    outcomes: Dict[Tuple[str, int], List[str]] = {}
+    for row in rows:
+        kind = row["question_type"]
+        if kind not in ("color", "shape") or row["image_id"] not in scene:
+            continue
+        present = [pair[0 if kind == "color" else 1] for pair in scene[row["image_id"]]]
+        words = row["prediction"].lower().strip().rstrip(".").split()
+        answer = words[0] if words else ""
+        outcome = "right" if answer == row["target"].lower() else "other object" if answer in present else "absent"
+        outcomes.setdefault((kind, len(present)), []).append(outcome)
+    return {
+        key: {"answers": len(v), **{o: v.count(o) / len(v) for o in ("right", "other object", "absent")}}
+        for key, v in sorted(outcomes.items())
+    }
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--eval-dir", type=Path, default=Path("outputs/quickstart/eval"))
@@ -75,6 +99,13 @@ def main(argv=None) -> str:
             f"{s['caption_objects']} | {100 * s['caption_color']:.0f}% | {100 * s['caption_shape']:.0f}% | "
             f"{100 * s['caption_all_pairs']:.0f}% |"
         )
+    lines += ["", "| split | question | objects in scene | answers | right | another object's | absent from scene |",
+              "|---|---|---|---|---|---|---|"]
+    for split in SPLITS:
+        rows = [json.loads(line) for line in (args.eval_dir / split / PREDICTIONS_NAME).open() if line.strip()]
+        for (kind, objects), e in answer_errors(rows).items():
+            lines.append(f"| {split} | {kind} | {objects} | {e['answers']} | {100 * e['right']:.0f}% | "
+                         f"{100 * e['other object']:.0f}% | {100 * e['absent']:.0f}% |")
     table = "\n".join(lines)
     print(table)
     return table

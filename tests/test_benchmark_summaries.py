@@ -53,3 +53,41 @@ def test_binding_sweep_seed_summary_gives_mean_and_standard_error_per_arm():
     lines = binding_sweep.seed_summary([result("base", 0, 0.4), result("base", 1, 0.6), result("slots2", 0, 0.5)])
     assert lines[2] == "| base | 600 | 0 1 | 50.0 +- 10.0 | 50.0 +- 10.0 | 50.0 +- 10.0 | 50.0 +- 10.0 |"
     assert len(lines) == 3  # slots2 ran on one seed only: no row
+
+
+def _row(image, kind, prediction, target):
+    return {"image_id": image, "task": "caption" if kind == "caption" else "vqa", "question_type": kind,
+            "prediction": prediction, "target": target}
+
+
+def test_answer_errors_tell_a_wrong_binding_from_an_unread_attribute():
+    import caption_binding
+
+    rows = [
+        _row("a", "caption", "", "a small red circle at the top and a large blue star on the left."),
+        _row("a", "color", "blue", "red"),  # the star's colour given for the circle: bound to the wrong object
+        _row("a", "shape", "square.", "circle"),  # no square in the scene: not read
+        _row("b", "caption", "", "a large green triangle in the center."),
+        _row("b", "color", "Green", "green"),
+    ]
+    errors = caption_binding.answer_errors(rows)
+    assert errors[("color", 2)] == {"answers": 1, "right": 0.0, "other object": 1.0, "absent": 0.0}
+    assert errors[("shape", 2)] == {"answers": 1, "right": 0.0, "other object": 0.0, "absent": 1.0}
+    assert errors[("color", 1)]["right"] == 1.0
+    assert ("shape", 1) not in errors
+
+
+def test_binding_sweep_arms_name_their_family_and_training_levers():
+    from hf_vadapter import EPALMConfig, LlamaAdapterV2Config, MLPProjectorConfig, PerceiverResamplerConfig
+
+    assert isinstance(binding_sweep.arm_config("llama", None, []), LlamaAdapterV2Config)
+    assert isinstance(binding_sweep.arm_config("epalm", None, []), EPALMConfig)
+    assert isinstance(binding_sweep.arm_config("perceiver", None, []), PerceiverResamplerConfig)
+    training_only = binding_sweep.arm_config("slots2_lr6e-3_first", None, [])  # lr and placement: not the config
+    assert isinstance(training_only, MLPProjectorConfig) and training_only.tokens_per_cell == 2
+    try:
+        binding_sweep.arm_config("slot2", None, [])
+    except SystemExit as error:
+        assert "slot2" in str(error)
+    else:
+        raise AssertionError("an unknown arm must stop the sweep")

@@ -85,6 +85,12 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--eval-dir", type=Path, default=Path("outputs/quickstart/eval"))
     args = parser.parse_args(argv)
+    missing = [split for split in SPLITS if not (args.eval_dir / split / PREDICTIONS_NAME).is_file()]
+    if missing:
+        message = (f"No evaluation of {', '.join(missing)} under {args.eval_dir}: run `bash scripts/quickstart.sh` "
+                   "first, or pass the --eval-dir of an `hf-vadapter` evaluation.")
+        print(message)
+        return message
     lines = [
         "| split | answers: colour | answers: shape | caption objects | captions: colour | captions: shape | "
         "captions: every pair right |",

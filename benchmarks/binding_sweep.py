@@ -19,6 +19,8 @@ order, with the same optimiser, schedule, batch and seed; only the adapter's out
   hidden states at the answer positions matched at layers 8/16/24);
 - `..._pack`: all turns of an image (its questions and caption) in one multi-turn sequence;
 - `..._lora`: LoRA (r 8) on the frozen LM's attention projections beside the adapter (`lora_for_language_model`);
+- `..._focus<h>`: h focus tokens after the cells, each a mix of the cells' tokens weighted by how well each cell
+  matches the question before the image (`num_focus_tokens`);
 - `..._lr<x>`: peak learning rate x instead of 2e-3 (e.g. `base_lr6e-3`);
 - `..._first`: the image before the question instead of after it.
 
@@ -85,6 +87,9 @@ def arm_config(name: str, tokenizer, captions: List[str]):
         raise SystemExit(f"unknown arm {name!r}")
     if "_prompt" in name:
         fields["num_prompt_tokens"] = 8
+    focus = re.search(r"_focus(\d+)", name)
+    if focus:
+        fields["num_focus_tokens"] = int(focus.group(1))
     if "_grid" in name:
         fields["cell_prefix_ids"] = grid_position_prefixes(tokenizer, IMAGE_SIZE // 14 // POOL)
     return MLPProjectorConfig(**fields)

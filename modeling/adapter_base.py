@@ -6,15 +6,17 @@ What the model calls, in order (docs/adding_an_adapter.md walks through a comple
    tower's `VisionGeometry` and the LM's config.
 2. `attach(language_model)`: once, after construction. Prefix adapters need nothing; in-layer adapters install their
    hooks here and register each handle with `_keep_hook`, so `detach()` can remove them again.
-3. `embed_images(image_features)` for every forward with images: it runs `forward` and checks that the result is an
-   `AdapterOutput`. `forward` means one thing in every family: tower features [B, T, L, S, Dv] -> `AdapterOutput`.
+3. `embed_images(image_features, prompt_embeds)` for every forward with images: it runs `forward` and checks that the
+   result is an `AdapterOutput`. `forward` means one thing in every family: tower features [B, T, L, S, Dv] ->
+   `AdapterOutput`. An adapter that declares `reads_prompt` also gets `prompt_embeds` [B, D]: the mean input
+   embedding of the text before each image in its sequence (the question, when the image follows it).
 4. `injected(context, image_token_mask)` around the LM's forward: in-layer adapters implement `_injected`, which makes
    the context visible to their hooks. Outside it (or while `disable_adapter_layers()` holds) the LM is the plain LM.
 
 Optional capabilities, declared here with their neutral defaults, so that training, the CLI and the demo ask the
 adapter instead of testing its type: `reaches_into_lm`, `context_persists`, `trainable_base_parameter_names`,
-`parameter_groups` / `routes_gradients_by_modality` (disjoint training), `shows_expert_context` (what a UI shows) and
-`load_initial_weights`. The stage handoff (`supports_stage_handoff` / `from_previous_stage`) lives on the config,
+`parameter_groups` / `routes_gradients_by_modality` (disjoint training), `shows_expert_context` (what a UI shows),
+`reads_prompt` and `load_initial_weights`. The stage handoff (`supports_stage_handoff` / `from_previous_stage`) lives on the config,
 because it decides how a config is built.
 """
 
@@ -59,13 +61,23 @@ class VisionAdapter(nn.Module):
         """Placeholders per image (or per sample of frames) that the processor must insert."""
         raise NotImplementedError
 
+    @property
+    def reads_prompt(self) -> bool:
+        """True when `forward` also takes `prompt_embeds` [B, D], the mean input embedding of the text before each
+        image (so its visual tokens can depend on the question)."""
+        return False
+
     def forward(self, image_features: torch.Tensor) -> AdapterOutput:
         """Image features [B, T, L, S, Dv] -> `AdapterOutput` (tokens [B, N, D] and/or in-layer context)."""
         raise NotImplementedError
 
-    def embed_images(self, image_features: torch.Tensor) -> AdapterOutput:
-        """What the model calls: `forward`, with a clear error when a family returns something else."""
-        output = self(image_features)
+    def embed_images(self, image_features: torch.Tensor, prompt_embeds: Optional[torch.Tensor] = None) -> AdapterOutput:
+        """What the model calls: `forward` (with `prompt_embeds` [B, D] when the adapter `reads_prompt`; zeros stand
+        for "no text before the image"), with a clear error when a family returns something else."""
+        if self.reads_prompt:
+            output = self(image_features, prompt_embeds=prompt_embeds)
+        else:
+            output = self(image_features)
         if not isinstance(output, AdapterOutput):
             raise TypeError(
                 f"{type(self).__name__}.forward returned {type(output).__name__}; adapters return "

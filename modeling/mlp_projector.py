@@ -1,6 +1,6 @@
 """LLaVA-style MLP projector: tower features, optionally pooled, projected into the LM's embedding width.
 
-Four options make the visual tokens easier for a frozen LM to bind (which colour goes with which shape):
+Five options make the visual tokens easier for a frozen LM to bind (which colour goes with which shape):
 - `tokens_per_cell` > 1 emits several tokens per pooled cell, so an object's attributes can arrive as separate
   word-like tokens, the way the LM reads "red star";
 - `token_vocabulary` makes each visual token a softmax mixture of the LM's own input embeddings of those tokens
@@ -8,7 +8,13 @@ Four options make the visual tokens easier for a frozen LM to bind (which colour
 - `cell_prefix_ids` puts fixed LM tokens before each cell's tokens, for example the words of its grid position
   ("top left", "center", ...), which a frozen LM already knows;
 - `num_prompt_tokens` appends learned free tokens after the cells (a soft prompt, as in prompt tuning): word-anchored
-  cells can only say what is in the image, and these say what to do with it.
+  cells can only say what is in the image, and these say what to do with it;
+- `num_focus_tokens` appends tokens that depend on the question: each is an attention-weighted mix of the cells'
+  tokens, weighted by how well each cell's features match the text before the image (the mean of its LM input
+  embeddings). The projector then finds "the square" for "What color is the square?" itself, and the frozen LM reads
+  one object's attributes from one token instead of pairing them across the cells. It needs the image after the
+  question (`VisionAdapterProcessor(image_placement="end")`); with no text before the image every head mixes the
+  cells with the same learned weights.
 """
 
 from dataclasses import dataclass
@@ -46,6 +52,11 @@ class MLPProjectorConfig(AdapterConfig):
             cell's tokens (see `grid_position_prefixes`).
         num_prompt_tokens: learned tokens appended after every image's cells, the same for every image; they start
             as copies of randomly drawn rows of the LM's input embeddings.
+        num_focus_tokens: attention heads over the cells, each adding `tokens_per_cell` tokens after the cells (and
+            before the prompt tokens): the mix of the cells' tokens weighted by softmax(query . key / sqrt(focus_dim)),
+            the query projected from the mean input embedding of the text before the image, each key from a cell's
+            pooled features.
+        focus_dim: width of the focus heads' queries and keys.
 
     Several `feature_layers` are concatenated along the channels, as LLaVA does with multi-layer features.
     """
@@ -61,6 +72,8 @@ class MLPProjectorConfig(AdapterConfig):
     token_vocabulary: Optional[List[int]] = None
     cell_prefix_ids: Optional[List[List[int]]] = None
     num_prompt_tokens: int = 0
+    num_focus_tokens: int = 0
+    focus_dim: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -74,6 +87,10 @@ class MLPProjectorConfig(AdapterConfig):
             raise AdapterConfigError(f"MLPProjectorConfig.tokens_per_cell must be an int >= 1, got {self.tokens_per_cell!r}.")
         if not isinstance(self.num_prompt_tokens, int) or self.num_prompt_tokens < 0:
             raise AdapterConfigError(f"MLPProjectorConfig.num_prompt_tokens must be an int >= 0, got {self.num_prompt_tokens!r}.")
+        if not isinstance(self.num_focus_tokens, int) or self.num_focus_tokens < 0:
+            raise AdapterConfigError(f"MLPProjectorConfig.num_focus_tokens must be an int >= 0, got {self.num_focus_tokens!r}.")
+        if not isinstance(self.focus_dim, int) or self.focus_dim < 1:
+            raise AdapterConfigError(f"MLPProjectorConfig.focus_dim must be an int >= 1, got {self.focus_dim!r}.")
         if self.token_vocabulary is not None:
             if len(self.token_vocabulary) < 2 or len(set(self.token_vocabulary)) != len(self.token_vocabulary):
                 raise AdapterConfigError("MLPProjectorConfig.token_vocabulary must hold at least 2 distinct token ids.")
@@ -117,6 +134,10 @@ class MLPProjector(VisionAdapter):
                 f"pool_size give {self.num_cells} cells."
             )
         self.prompt = nn.Parameter(torch.zeros(config.num_prompt_tokens, width)) if config.num_prompt_tokens else None
+        if config.num_focus_tokens:
+            heads = config.num_focus_tokens * config.focus_dim
+            self.focus_query = nn.Linear(width, heads)  # from the text before the image (LM input width)
+            self.focus_key = nn.Linear(in_features, heads)  # from each cell's pooled features
         self._input_embeddings: tuple = ()  # the frozen LM's embedding, set by `attach` (not a submodule: not saved)
 
     @property
@@ -126,7 +147,12 @@ class MLPProjector(VisionAdapter):
     @property
     def num_image_tokens(self) -> int:
         prefixes = sum(len(prefix) for prefix in self.config.cell_prefix_ids or [])
-        return self.num_cells * self.config.tokens_per_cell + prefixes + self.config.num_prompt_tokens
+        per_cell = self.config.tokens_per_cell
+        return (self.num_cells + self.config.num_focus_tokens) * per_cell + prefixes + self.config.num_prompt_tokens
+
+    @property
+    def reads_prompt(self) -> bool:
+        return self.config.num_focus_tokens > 0
 
     def attach(self, language_model: nn.Module) -> None:
         embedding = language_model.get_input_embeddings()
@@ -167,24 +193,47 @@ class MLPProjector(VisionAdapter):
 
     def cell_token_logits(self, image_features: torch.Tensor) -> torch.Tensor:
         """Mixture logits over `token_vocabulary`: [B*T, S'*k, V] (only with a token vocabulary)."""
-        out = self.mlp(self.pooled_features(image_features))  # [B*T, S', k*V]
+        return self._logits_of(self.pooled_features(image_features))
+
+    def _logits_of(self, pooled: torch.Tensor) -> torch.Tensor:
+        out = self.mlp(pooled)  # [B*T, S', k*V]
         return out.reshape(out.shape[0], -1, len(self.config.token_vocabulary))
 
-    def forward(self, image_features: torch.Tensor) -> AdapterOutput:
-        """Image features [B, T, L, S, Dv] -> visual tokens [B, T*N, D]."""
+    def forward(self, image_features: torch.Tensor, prompt_embeds: Optional[torch.Tensor] = None) -> AdapterOutput:
+        """Image features [B, T, L, S, Dv] (and, with focus tokens, the text before each image [B, D]) -> visual
+        tokens [B, T*N, D]."""
         b, t = image_features.shape[:2]
+        pooled = self.pooled_features(image_features)  # [B*T, S', C]
         if self.config.token_vocabulary:
-            logits = self.cell_token_logits(image_features)  # [B*T, S'*k, V]
+            logits = self._logits_of(pooled)  # [B*T, S'*k, V]
             vocabulary = self._embed_tokens(self.config.token_vocabulary, logits)  # [V, D]
             tokens = logits.softmax(-1) @ vocabulary  # [B*T, S'*k, D]
         else:
-            out = self.mlp(self.pooled_features(image_features))  # [B*T, S', k*D]
+            out = self.mlp(pooled)  # [B*T, S', k*D]
             tokens = out.reshape(out.shape[0], -1, out.shape[-1] // self.config.tokens_per_cell)  # [B*T, S'*k, D]
+        focus = self._focus_tokens(pooled, tokens, prompt_embeds, t) if self.config.num_focus_tokens else None
         if self.config.cell_prefix_ids:
             tokens = self._with_cell_prefixes(tokens)  # [B*T, N, D]
+        if focus is not None:
+            tokens = torch.cat([tokens, focus], dim=1)
         if self.prompt is not None:
             tokens = torch.cat([tokens, self.prompt.to(tokens.dtype).expand(tokens.shape[0], -1, -1)], dim=1)
         return AdapterOutput(tokens=tokens.reshape(b, t * tokens.shape[1], tokens.shape[2]))  # [B, T*N, D]
+
+    def _focus_tokens(
+        self, pooled: torch.Tensor, cell_tokens: torch.Tensor, prompt_embeds: Optional[torch.Tensor], frames: int
+    ) -> torch.Tensor:
+        """Each head's mix of the cells' tokens [B*T, S'*k, D], weighted by query (text before the image) against
+        key (the cell's pooled features [B*T, S', C]): [B*T, H*k, D]."""
+        heads, dim, k = self.config.num_focus_tokens, self.config.focus_dim, self.config.tokens_per_cell
+        n, cells, _ = pooled.shape
+        if prompt_embeds is None:  # no text before the image: the query is the learned bias alone
+            prompt_embeds = pooled.new_zeros(n // frames, self.focus_query.in_features)
+        query = self.focus_query(prompt_embeds.to(pooled.dtype)).repeat_interleave(frames, 0)  # [B*T, H*d]
+        keys = self.focus_key(pooled).view(n, cells, heads, dim)  # [B*T, S', H, d]
+        scores = torch.einsum("nhd,nshd->nhs", query.view(n, heads, dim), keys) / dim**0.5  # [B*T, H, S']
+        values = cell_tokens.reshape(n, cells, k * cell_tokens.shape[-1])  # [B*T, S', k*D]
+        return (scores.softmax(-1) @ values).reshape(n, heads * k, -1)  # [B*T, H*k, D]
 
     def _with_cell_prefixes(self, tokens: torch.Tensor) -> torch.Tensor:
         """Interleave each cell's prefix embeddings before its k tokens: [B*T, S'*k, D] -> [B*T, N, D]."""

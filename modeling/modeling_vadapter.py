@@ -234,15 +234,50 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             last_hidden_state=features, pooler_output=embedded.tokens if embedded.tokens is not None else embedded.context
         )
 
-    def _embed_image_features(self, image_features: torch.Tensor) -> AdapterOutput:
-        """Tower features [B, T, L, S, Dv] -> the adapter's visual tokens and in-layer context."""
+    def _embed_image_features(
+        self, image_features: torch.Tensor, prompt_embeds: Optional[torch.Tensor] = None
+    ) -> AdapterOutput:
+        """Tower features [B, T, L, S, Dv] (and, for adapters that read the prompt, the text before each image
+        [B, D]) -> the adapter's visual tokens and in-layer context."""
         adapter_dtype = next(self.adapter.parameters()).dtype
-        return self.adapter.embed_images(image_features.to(adapter_dtype))
+        if prompt_embeds is not None:
+            prompt_embeds = prompt_embeds.to(adapter_dtype)
+        return self.adapter.embed_images(image_features.to(adapter_dtype), prompt_embeds)
+
+    def _embed_text(self, input_ids: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+        """The LM's input embeddings of `input_ids` [B, S], placeholders embedded as id 0 for now: [B, S, D]."""
+        text_ids = input_ids.masked_fill(image_mask, 0)  # placeholders may lie outside the LM vocabulary
+        vocab_size = self.get_input_embeddings().num_embeddings
+        if int(text_ids.max()) >= vocab_size or int(text_ids.min()) < 0:
+            raise InvalidPromptError(
+                f"input_ids hold ids outside the LM vocabulary (0..{vocab_size - 1}) that are not image placeholders."
+            )
+        return self.get_input_embeddings()(text_ids)
+
+    @staticmethod
+    def _text_before_images(
+        text_embeds: torch.Tensor, image_mask: torch.Tensor, attention_mask: Optional[torch.Tensor], num_images: int
+    ) -> Optional[torch.Tensor]:
+        """The mean embedding of the text before each image in its row: [N_img, D] in fp32, zeros where no text
+        comes first. Padding and other images' placeholders are left out, so a left-padded row gives what it gives
+        alone. None when the placeholders do not split evenly over the images (the merge then says why)."""
+        total = int(image_mask.sum())
+        if num_images == 0 or total == 0 or total % num_images:
+            return None
+        length = image_mask.shape[1]
+        first = image_mask.flatten().nonzero().squeeze(-1)[:: total // num_images]  # [N_img] each image's first slot
+        rows, starts = first // length, first % length
+        before = torch.arange(length, device=image_mask.device) < starts[:, None]  # [N_img, S]
+        keep = before & ~image_mask[rows]
+        if attention_mask is not None:
+            keep &= attention_mask[rows, -length:].bool()
+        weights = keep.float().unsqueeze(-1)  # [N_img, S, 1]
+        return (weights * text_embeds[rows].float()).sum(1) / weights.sum(1).clamp(min=1)  # [N_img, D]
 
     def _merge_image_tokens(
-        self, input_ids: torch.Tensor, image_mask: torch.Tensor, image_tokens: Optional[torch.Tensor]
+        self, embeds: torch.Tensor, image_mask: torch.Tensor, image_tokens: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        """Embed `input_ids` [B, S] and put the visual tokens [N_img, N, D] at the placeholders: [B, S, D]."""
+        """Put the visual tokens [N_img, N, D] at the placeholders of the text embeddings [B, S, D]."""
         num_placeholders = int(image_mask.sum())
         num_visual = 0 if image_tokens is None else image_tokens.shape[0] * image_tokens.shape[1]
         if num_placeholders != num_visual:
@@ -251,13 +286,6 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
                 f"{num_visual} visual tokens ({self.config.num_image_tokens} per image). Build inputs with the "
                 "model's processor, which expands each placeholder, and pass one image per placeholder."
             )
-        text_ids = input_ids.masked_fill(image_mask, 0)  # placeholders may lie outside the LM vocabulary
-        vocab_size = self.get_input_embeddings().num_embeddings
-        if int(text_ids.max()) >= vocab_size or int(text_ids.min()) < 0:
-            raise InvalidPromptError(
-                f"input_ids hold ids outside the LM vocabulary (0..{vocab_size - 1}) that are not image placeholders."
-            )
-        embeds = self.get_input_embeddings()(text_ids)  # [B, S, D]
         if image_tokens is None:
             return embeds
         return embeds.masked_scatter(image_mask.unsqueeze(-1), image_tokens.to(embeds.dtype))
@@ -315,17 +343,21 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             )
         elif pixel_values is not None:
             image_features = self.get_vision_features(pixel_values)
-        image_tokens = None
-        if image_features is not None:
-            embedded = self._embed_image_features(image_features)
-            image_tokens, adapter_context = embedded.tokens, embedded.context
-            self._check_frames(image_features, image_tokens)
-        image_mask = None
+        image_tokens, image_mask = None, None
         if input_ids is not None:
             image_mask = input_ids == self.config.image_token_id  # [B, S]
-            inputs_embeds = self._merge_image_tokens(input_ids, image_mask, image_tokens)
-        elif image_tokens is not None:
-            raise ValueError("Images need input_ids with placeholders, not inputs_embeds.")
+            inputs_embeds = self._embed_text(input_ids, image_mask)  # [B, S, D]
+        if image_features is not None:
+            if image_mask is None:
+                raise ValueError("Images need input_ids with placeholders, not inputs_embeds.")
+            prompt_embeds = None
+            if self.adapter.reads_prompt:
+                prompt_embeds = self._text_before_images(inputs_embeds, image_mask, attention_mask, len(image_features))
+            embedded = self._embed_image_features(image_features, prompt_embeds)
+            image_tokens, adapter_context = embedded.tokens, embedded.context
+            self._check_frames(image_features, image_tokens)
+        if image_mask is not None:
+            inputs_embeds = self._merge_image_tokens(inputs_embeds, image_mask, image_tokens)
 
         if position_ids is None and attention_mask is not None:
             # Positions follow the mask, so left-padded rows see the same positions as unpadded single runs.

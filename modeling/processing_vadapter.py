@@ -140,8 +140,12 @@ class VisionAdapterProcessor(ProcessorMixin):
 
         Construction runs one way: the bases' own preprocessors (`base_preprocessors.py`) give the model its
         `image_size` and `image_token_id`, the adapter fixes `num_image_tokens` in the model config, and the processor
-        is built from that config. The model never reads the processor."""
+        is built from that config. The model never reads the processor. An adapter that reads the text before each
+        image (`reads_prompt`, e.g. MLP focus tokens) gets the images after the prompt unless `image_placement` says
+        otherwise."""
         config = model.config
+        if getattr(model.adapter, "reads_prompt", False):
+            kwargs.setdefault("image_placement", "end")
         return cls.from_vision_text_pretrained(
             config.vision_model_name_or_path,
             config.text_model_name_or_path,

@@ -85,6 +85,8 @@ def test_binding_sweep_arms_name_their_family_and_training_levers():
     assert isinstance(binding_sweep.arm_config("perceiver", None, []), PerceiverResamplerConfig)
     training_only = binding_sweep.arm_config("slots2_lr6e-3_first", None, [])  # lr and placement: not the config
     assert isinstance(training_only, MLPProjectorConfig) and training_only.tokens_per_cell == 2
+    assert training_only.num_focus_tokens == 0
+    assert binding_sweep.arm_config("base_focus2_lr6e-3", None, []).num_focus_tokens == 2
     try:
         binding_sweep.arm_config("slot2", None, [])
     except SystemExit as error:

@@ -22,13 +22,16 @@ ADAPTERS = {
         num_latents=6, depth=2, hidden_size=32, num_heads=4, feature_select="both"
     ),
 }
-# The MLP projector's binding options: several tokens per cell, mixtures of the LM's word embeddings, and fixed LM
-# tokens before each of the 2x2 cells (prefixes of different lengths).
+# The MLP projector's binding options: several tokens per cell, mixtures of the LM's word embeddings, fixed LM tokens
+# before each of the 2x2 cells (prefixes of different lengths), and focus tokens that read the text before the image.
 OPTION_ADAPTERS = {
     "mlp_slots": lambda: hf_vadapter.MLPProjectorConfig(feature_layers=[-1], pool_size=2, tokens_per_cell=3),
     "mlp_words": lambda: hf_vadapter.MLPProjectorConfig(
         feature_layers=[-2, -1], pool_size=2, tokens_per_cell=2, token_vocabulary=list(range(5, 25)),
         cell_prefix_ids=[[3], [4, 5], [6], [7, 8, 9]], num_prompt_tokens=2,
+    ),
+    "mlp_focus": lambda: hf_vadapter.MLPProjectorConfig(
+        feature_layers=[-1], pool_size=2, tokens_per_cell=2, num_focus_tokens=2, focus_dim=8
     ),
 }
 CASES = [
@@ -39,6 +42,7 @@ CASES = [
     ("dinov2", "llama", "mlp_words"),
     ("vit", "gpt2", "mlp_words"),
     ("siglip", "opt", "mlp_words"),
+    ("clip", "gemma", "mlp_focus"),
 ]
 ADAPTERS.update(OPTION_ADAPTERS)
 SAVED = {}  # case id -> (full folder, adapter folder, inputs path, expected logits path)

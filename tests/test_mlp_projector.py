@@ -116,10 +116,42 @@ def test_prompt_tokens_follow_the_cells_and_start_as_rows_of_the_lms_embeddings(
     assert projector.prompt.grad is not None and projector.prompt.grad.abs().sum() > 0
 
 
+def test_focus_tokens_mix_the_cells_by_how_well_they_match_the_text_before_the_image():
+    projector = _projector(pool_size=3, tokens_per_cell=2, num_focus_tokens=3, focus_dim=5)
+    assert projector.reads_prompt and projector.num_image_tokens == (4 + 3) * 2
+    features, prompt = torch.randn(2, 1, 1, 36, 4), torch.randn(2, 8)  # [B, T, L, S, Dv], [B, D]
+    tokens = projector(features, prompt_embeds=prompt).tokens  # [B, 14, D]
+    assert tokens.shape == (2, 14, 8)
+    pooled = projector.pooled_features(features)  # [B, 4 cells, C]
+    cells = projector.mlp(pooled).reshape(2, 4, 2, 8)  # [B, cells, k, D]
+    assert torch.equal(tokens[:, :8], cells.reshape(2, 8, 8))
+    # Head 1: softmax over the cells of query . key / sqrt(5); its k tokens mix each cell's k tokens.
+    query = projector.focus_query(prompt).view(2, 3, 5)[:, 1]  # [B, d]
+    keys = projector.focus_key(pooled).view(2, 4, 3, 5)[:, :, 1]  # [B, cells, d]
+    weights = (torch.einsum("bd,bsd->bs", query, keys) / 5**0.5).softmax(-1)  # [B, cells]
+    torch.testing.assert_close(tokens[:, 10:12], torch.einsum("bs,bskd->bkd", weights, cells))
+    # Another question moves the focus tokens and nothing else.
+    other = projector(features, prompt_embeds=torch.randn(2, 8)).tokens
+    assert torch.equal(other[:, :8], tokens[:, :8]) and not torch.allclose(other[:, 8:], tokens[:, 8:])
+    other[:, 8:].sum().backward()
+    assert projector.focus_query.weight.grad.abs().sum() > 0 and projector.focus_key.weight.grad.abs().sum() > 0
+
+
+def test_focus_tokens_without_text_before_the_image_use_the_learned_bias_alone():
+    projector = _projector(pool_size=3, num_focus_tokens=1, num_prompt_tokens=2)
+    features = torch.randn(2, 1, 1, 36, 4)
+    zeros = projector(features, prompt_embeds=torch.zeros(2, 8)).tokens
+    assert torch.equal(projector(features).tokens, zeros)
+    assert projector.num_image_tokens == 4 + 1 + 2  # cells, focus, then the prompt tokens
+    assert torch.equal(zeros[:, 5:], projector.prompt.detach().expand(2, -1, -1))
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [
         (dict(tokens_per_cell=0), "tokens_per_cell"),
+        (dict(num_focus_tokens=-1), "num_focus_tokens"),
+        (dict(num_focus_tokens=1, focus_dim=0), "focus_dim"),
         (dict(num_prompt_tokens=-1), "num_prompt_tokens"),
         (dict(token_vocabulary=[3]), "at least 2 distinct"),
         (dict(token_vocabulary=[3, 3]), "at least 2 distinct"),
@@ -156,3 +188,48 @@ def test_grid_prefixes_and_caption_vocabulary_use_the_tokenizer():
     vocabulary = caption_token_vocabulary(tokenizer, captions, max_size=3)
     assert vocabulary == [token for token, _ in counts.most_common(3)]
     assert len(caption_token_vocabulary(tokenizer, captions)) == len(counts)
+
+
+def test_focus_tokens_in_the_model_read_only_the_question_and_ignore_padding(tiny_bases):
+    from conftest import build_model, random_image
+
+    from hf_vadapter import VisionAdapterProcessor
+
+    config = MLPProjectorConfig(feature_layers=[-1], pool_size=2, num_focus_tokens=2, focus_dim=8)
+    model, _ = build_model(*tiny_bases("dinov2", "llama"), config)
+    model.eval()
+    processor = VisionAdapterProcessor.for_model(model, image_placement="end")
+    questions = ["what color is the square?", "what shape is the red object on the left of the image?"]
+    images = [random_image(0), random_image(1)]
+    batch = processor(images=images, text=questions)
+    assert batch["attention_mask"][0].min() == 0, "the batch must be left-padded for this check"
+    with torch.no_grad():
+        batched = model(**batch).logits[:, -1]
+    for row, question in enumerate(questions):
+        alone = processor(images=[images[row]], text=[question])
+        # What the focus heads read: the mean input embedding of the question's tokens, the image's placeholders
+        # and the padding left out.
+        ids = alone["input_ids"][0]
+        text = ids[: int((ids == model.config.image_token_id).nonzero()[0])]
+        expected = model.get_input_embeddings()(text).mean(0)
+        placeholders = batch["input_ids"] == model.config.image_token_id
+        read = model._text_before_images(
+            model.get_input_embeddings()(batch["input_ids"].masked_fill(placeholders, 0)), placeholders,
+            batch["attention_mask"], 2,
+        )
+        torch.testing.assert_close(read[row], expected, rtol=1e-5, atol=1e-6)
+        with torch.no_grad():
+            torch.testing.assert_close(batched[row], model(**alone).logits[0, -1], rtol=1e-4, atol=1e-4)
+        # The target after the image never reaches the focus heads: the prompt's logits stay the same.
+        with_target = processor(images=[images[row]], text=[question], text_target=["blue"])
+        with torch.no_grad():
+            prompt_logits = model(**alone).logits[0]
+            torch.testing.assert_close(model(**with_target).logits[0, : len(prompt_logits)], prompt_logits)
+    # Another question changes the focus tokens of the same image, and only them.
+    seen = []
+    model.adapter.register_forward_hook(lambda module, args, output: seen.append(output.tokens[0]))
+    with torch.no_grad():
+        for question in questions:
+            model(**processor(images=images[:1], text=[question]))
+    cells = model.adapter.num_cells
+    assert torch.equal(seen[0][:cells], seen[1][:cells]) and not torch.allclose(seen[0][cells:], seen[1][cells:])

@@ -36,7 +36,7 @@ class Preset:
     train_minutes: Optional[float]
     reserve_steps: int
     batch_size: int = 16
-    learning_rate: float = 2e-3
+    learning_rate: float = 6e-3  # binding_sweep at 600 steps, 3 seeds: BENCHMARKS.md, "Binding lever sweep"
     warmup_steps: int = 30
     image_size: int = 126  # 9x9 DINOv2 patches of 14 px
     # Early and middle tower layers: colour is linearly readable there (probe accuracies: BENCHMARKS.md).

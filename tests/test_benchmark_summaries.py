@@ -93,3 +93,20 @@ def test_binding_sweep_arms_name_their_family_and_training_levers():
         assert "slot2" in str(error)
     else:
         raise AssertionError("an unknown arm must stop the sweep")
+
+
+def test_describe_then_answer_puts_each_images_caption_before_its_questions():
+    import describe_then_answer
+
+    rows = [
+        {"task": "caption", "image_id": "a", "image": None, "prompt": "Describe the image."},
+        {"task": "vqa", "image_id": "a", "image": None, "prompt": "What color is the star?"},
+        {"task": "vqa", "image_id": "b", "image": None, "prompt": "How many shapes are there?"},
+    ]
+    captions = {"a": "a small red star at the top.", "b": "a large blue circle."}
+    asked = describe_then_answer.contextual_rows(rows, captions)
+    assert [row["prompt"] for row in asked] == [
+        "Context: a small red star at the top.\nWhat color is the star?",
+        "Context: a large blue circle.\nHow many shapes are there?",
+    ]
+    assert rows[1]["prompt"] == "What color is the star?"  # the data set's rows stay as they were

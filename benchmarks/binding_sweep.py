@@ -21,6 +21,9 @@ order, with the same optimiser, schedule, batch and seed; only the adapter's out
 - `..._lora`: LoRA (r 8) on the frozen LM's attention projections beside the adapter (`lora_for_language_model`);
 - `..._focus<h>`: h focus tokens after the cells, each a mix of the cells' tokens weighted by how well each cell
   matches the question before the image (`num_focus_tokens`);
+- `..._describe`: describe, then answer. Training questions carry their image's reference caption as context
+  ("Context: <caption>" before the question, as `hf_vadapter.experts` puts it); at evaluation the model first
+  captions each image and answers with that caption as context;
 - `..._lr<x>`: peak learning rate x instead of 2e-3 (e.g. `base_lr6e-3`);
 - `..._first`: the image before the question instead of after it.
 
@@ -56,6 +59,7 @@ from hf_vadapter import (  # noqa: E402
     VisionAdapterProcessor, lora_for_language_model,
 )
 from hf_vadapter.data.synthetic import HELDOUT_SPLIT, QUESTION_TYPES, build_synthetic_dataset  # noqa: E402
+from hf_vadapter.experts import add_expert_context  # noqa: E402
 from hf_vadapter.modeling.mlp_projector import caption_token_vocabulary, grid_position_prefixes  # noqa: E402
 from hf_vadapter.modeling.safe_io import load_safetensors, save_safetensors  # noqa: E402
 from hf_vadapter.training.dtype_choice import choose_language_model_dtype  # noqa: E402
@@ -263,10 +267,42 @@ def train_arm(name, config, paths, features, train_items, args, dtype, bags=None
             "train_cpu_min": sum(step_times) / 60, "final_loss": statistics.mean(losses[-25:])}
 
 
+def with_caption_context(items: List[Dict], captions: Dict[int, str]) -> List[Dict]:
+    """The question rows with their image's caption (`captions`: image index -> text) before the question, as
+    `hf_vadapter.experts` puts an expert's text ("Context: <caption>" and the question); caption rows unchanged."""
+    def expert_for(text):
+        return lambda image: text
+
+    return [item if item["type"] == "caption" else
+            {**item, "prompt": add_expert_context(item["prompt"], None, expert_for(captions[item["index"]]))}
+            for item in items]
+
+
 @torch.no_grad()
-def evaluate_arm(model, processor, items, features) -> Dict[str, float]:
-    """Greedy answers (4 new tokens), first word against the target, per question type; captions skipped."""
+def own_captions(model, processor, items, features) -> Dict[int, str]:
+    """The model's greedy caption (at most 40 tokens) of every image that has a caption row: image index -> text."""
+    rows = [item for item in items if item["type"] == "caption"]
+    captions = {}
+    for start in range(0, len(rows), 50):
+        chunk = rows[start : start + 50]
+        batch = batch_of(processor, chunk, features, with_targets=False)
+        output = model.generate(**batch, max_new_tokens=40, do_sample=False)
+        texts = processor.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        captions.update({item["index"]: text.strip() for item, text in zip(chunk, texts)})
+    return captions
+
+
+@torch.no_grad()
+def evaluate_arm(model, processor, items, features, describe: bool = False) -> Dict[str, float]:
+    """Greedy answers (4 new tokens), first word against the target, per question type; captions skipped. With
+    `describe`, each question first gets the model's own caption of its image as context (`caption_tokens`: their
+    mean length, the extra decode per image)."""
     hits = defaultdict(list)
+    extra = {}
+    if describe:
+        captions = own_captions(model, processor, items, features)
+        items = with_caption_context(items, captions)
+        extra["caption_tokens"] = statistics.mean(len(processor.tokenizer(t)["input_ids"]) for t in captions.values())
     questions = [item for item in items if item["type"] != "caption"]
     for start in range(0, len(questions), 50):
         chunk = questions[start : start + 50]
@@ -276,7 +312,7 @@ def evaluate_arm(model, processor, items, features) -> Dict[str, float]:
         for item, answer in zip(chunk, answers):
             words = answer.strip().lower().rstrip(".").split()
             hits[item["type"]].append(bool(words) and words[0] == item["target"].lower())
-    return {kind: sum(v) / len(v) for kind, v in sorted(hits.items())}
+    return {**{kind: sum(v) / len(v) for kind, v in sorted(hits.items())}, **extra}
 
 
 def results_table(results: List[Dict]) -> List[str]:
@@ -383,12 +419,14 @@ def main(argv=None):
                     for token in tokenizer(item["target"], add_special_tokens=False)["input_ids"]:
                         bags[item["index"], position[token]] = 1.0
         caption_of_image = {item["index"]: item["target"] for item in items["train"] if item["type"] == "caption"}
-        run = train_arm(name, config, paths, features["train"], items["train"], args, dtype, bags, caption_of_image)
+        describe = "_describe" in name  # train on reference captions as context, answer after the model's own
+        train_items = with_caption_context(items["train"], caption_of_image) if describe else items["train"]
+        run = train_arm(name, config, paths, features["train"], train_items, args, dtype, bags, caption_of_image)
         result = {"arm": name, "seed": args.seed, "steps": args.steps, "lm_dtype": run["lm_dtype"],
                   "num_image_tokens": run["model"].config.num_image_tokens,
                   **{k: run[k] for k in ("step_s", "train_cpu_min", "final_loss")}}
         for split in ("test", HELDOUT_SPLIT):
-            result[split] = evaluate_arm(run["model"], run["processor"], items[split], features[split])
+            result[split] = evaluate_arm(run["model"], run["processor"], items[split], features[split], describe)
         result["wall_min"] = (time.time() - began) / 60
         print(json.dumps(result), flush=True)
         Path(args.results).parent.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ def main(argv=None) -> str:
         model.cast_language_model(dtype)
     tokenizer = processor.tokenizer
     lines = [
-        f"Machine: {machine()}, {args.threads} threads; LM in {str(dtype).replace('torch.', '')}; checkpoint "
+        f"Machine: {machine()}; LM in {str(dtype).replace('torch.', '')}; checkpoint "
         f"`{args.output_dir / 'adapter'}`; VQA exact match in %.",
         "",
         "| split | context | " + " | ".join(QUESTION_TYPES) + " | caption tokens per image | added prompt tokens per question |",

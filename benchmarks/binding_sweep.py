@@ -51,7 +51,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import backbone_paths, machine, mean_and_standard_error  # noqa: E402
+from common import backbone_paths, machine, mean_and_standard_error, with_caption  # noqa: E402
 from epalm_backward import clock  # noqa: E402
 
 from hf_vadapter import (  # noqa: E402
@@ -59,7 +59,6 @@ from hf_vadapter import (  # noqa: E402
     VisionAdapterProcessor, lora_for_language_model,
 )
 from hf_vadapter.data.synthetic import HELDOUT_SPLIT, QUESTION_TYPES, build_synthetic_dataset  # noqa: E402
-from hf_vadapter.experts import add_expert_context  # noqa: E402
 from hf_vadapter.modeling.mlp_projector import caption_token_vocabulary, grid_position_prefixes  # noqa: E402
 from hf_vadapter.modeling.safe_io import load_safetensors, save_safetensors  # noqa: E402
 from hf_vadapter.training.dtype_choice import choose_language_model_dtype  # noqa: E402
@@ -270,11 +269,7 @@ def train_arm(name, config, paths, features, train_items, args, dtype, bags=None
 def with_caption_context(items: List[Dict], captions: Dict[int, str]) -> List[Dict]:
     """The question rows with their image's caption (`captions`: image index -> text) before the question, as
     `hf_vadapter.experts` puts an expert's text ("Context: <caption>" and the question); caption rows unchanged."""
-    def expert_for(text):
-        return lambda image: text
-
-    return [item if item["type"] == "caption" else
-            {**item, "prompt": add_expert_context(item["prompt"], None, expert_for(captions[item["index"]]))}
+    return [item if item["type"] == "caption" else {**item, "prompt": with_caption(item["prompt"], captions[item["index"]])}
             for item in items]
 
 

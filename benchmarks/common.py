@@ -134,3 +134,10 @@ def tee_stdout() -> Iterator[io.StringIO]:
     tee = _Tee(sys.stdout)
     with contextlib.redirect_stdout(tee):
         yield tee
+
+
+def with_caption(prompt: str, caption: str) -> str:
+    """`prompt` with `caption` put before it as expert context, as `hf_vadapter.experts` does for a captioner."""
+    from hf_vadapter.experts import add_expert_context
+
+    return add_expert_context(prompt, None, lambda image: caption)

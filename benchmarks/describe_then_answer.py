@@ -9,8 +9,8 @@ Reads the checkpoint the quickstart saved (`<output-dir>/adapter`) and the capti
 and answers every question three ways:
 
 - plain: the evaluation's own answers (its `metrics.json`);
-- own caption: `hf_vadapter.experts.add_expert_context` puts the model's caption of the image before the question
-  ("Context: <caption>" and the question, the image after them as in training);
+- own caption: the model's caption of the image goes before the question as `hf_vadapter.experts` puts an expert's
+  text ("Context: <caption>", then the question; the image after them, as in training);
 - reference caption: the same with the data set's caption, which bounds what a better caption could give this adapter.
 
 VQA exact match per question type, and the inference cost: the caption's decode tokens per image (paid once per
@@ -28,27 +28,17 @@ from typing import Dict, List
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine  # noqa: E402
+from common import machine, with_caption  # noqa: E402
 
 from hf_vadapter import VisionAdapterForCausalLM, VisionAdapterProcessor  # noqa: E402
 from hf_vadapter.data.synthetic import HELDOUT_SPLIT, QUESTION_TYPES, build_synthetic_dataset  # noqa: E402
 from hf_vadapter.evaluation import generate_predictions, score_predictions  # noqa: E402
 from hf_vadapter.evaluation.runner import METRICS_NAME, PREDICTIONS_NAME  # noqa: E402
-from hf_vadapter.experts import add_expert_context  # noqa: E402
 from hf_vadapter.training.dtype_choice import choose_language_model_dtype  # noqa: E402
-
-def _caption_of(text: str):
-    """An expert that says `text` of any image."""
-    return lambda image: text
-
 
 def contextual_rows(rows: List[Dict], captions: Dict[str, str]) -> List[Dict]:
     """The VQA rows with the caption of their image (`captions`: image id -> text) put before the question."""
-    return [
-        {**row, "prompt": add_expert_context(row["prompt"], row["image"], _caption_of(captions[row["image_id"]]))}
-        for row in rows
-        if row["task"] == "vqa"
-    ]
+    return [{**row, "prompt": with_caption(row["prompt"], captions[row["image_id"]])} for row in rows if row["task"] == "vqa"]
 
 
 def main(argv=None) -> str:
@@ -61,6 +51,11 @@ def main(argv=None) -> str:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    needed = [args.output_dir / "adapter"] + [args.output_dir / "eval" / split / PREDICTIONS_NAME for split in ("test", HELDOUT_SPLIT)]
+    if not all(path.exists() for path in needed):
+        message = f"No quickstart run in {args.output_dir}: run `bash scripts/quickstart.sh` first (or pass --output-dir)."
+        print(message)
+        return message
     torch.set_num_threads(args.threads)
     model = VisionAdapterForCausalLM.from_pretrained(args.output_dir / "adapter").eval()
     processor = VisionAdapterProcessor.from_pretrained(args.output_dir / "adapter")

@@ -194,7 +194,7 @@ What this says (150 steps; seed 0 unless said):
   test colour / shape 77 / 83 against 51 / 62, held-out 65 / 70 against 57 / 48, and position (86 / 85) and yes/no
   (85 / 83) rise from about half. Its questions carry about 19 more prompt tokens in training (its step, 2.02 s beside
   another run, lies within the 1.92-2.07 s of `base_lr6e-3`'s 600-step runs), and at inference each image costs one
-  caption (about 16 decoded tokens) before its answers. SEEDS_LINE
+  caption (about 16 decoded tokens) before its answers. One seed so far.
 - The quickstart trains `base` at 6e-3: no token lever beat the plain projector at the quickstart's budget, its step
   is the cheapest, so the clock gives it the most steps, and 6e-3 is the best rate measured. Describe-then-answer
   training beats it at equal steps but is a training and evaluation recipe the quickstart's Trainer path does not

@@ -133,8 +133,8 @@ held-out position (test colour 30% against 51%, shape 34% against 55%), and with
 badly (29% / 35%). An adapter
 trained on bare questions does not read a context line; it is thrown off by it. Describe-then-answer needs the
 context in training as well: the `_describe` arm of the binding sweep trains with the reference caption before each
-question and answers after the model's own caption, and at 600 steps it answers colour and shape at 65-83% (the
-sweep section below). The cost at inference: one caption per image (about 16 decoded
+question and answers after the model's own caption; at 600 steps it answers shape at 75% (test) and 60% (held-out)
+on average over 3 seeds (the sweep section below). The cost at inference: one caption per image (about 16 decoded
 tokens here) and about 19 more prompt tokens per question."""
 
 SWEEP_INTRO = """\
@@ -194,10 +194,10 @@ What this says (150 steps; seed 0 unless said):
   test colour / shape 77 / 83 against 51 / 62, held-out 65 / 70 against 57 / 48, and position (86 / 85) and yes/no
   (85 / 83) rise from about half. Its questions carry about 19 more prompt tokens in training (its step, 2.02 s beside
   another run, lies within the 1.92-2.07 s of `base_lr6e-3`'s 600-step runs), and at inference each image costs one
-  caption (about 16 decoded tokens) before its answers. One seed so far.
+  caption (about 16 decoded tokens) before its answers. Over three seeds it is less steady: seed 1 repeats seed 0 (test 72 / 84, held-out 63 / 70), seed 2 trains worse (final loss 0.28 against 0.13; test 41 / 58, held-out 28 / 40). Mean +- SE: test colour / shape 63.3 +- 11.3 / 75.0 +- 8.5, held-out 52.2 +- 12.0 / 60.0 +- 10.0; minus `base_lr6e-3` at the same seeds: shape +16.3 +- 6.2 (test) and +13.3 +- 6.0 (held-out), beyond 2 standard errors, colour +8.7 +- 11.9 and +3.3 +- 8.6, within them.
 - The quickstart trains `base` at 6e-3: no token lever beat the plain projector at the quickstart's budget, its step
   is the cheapest, so the clock gives it the most steps, and 6e-3 is the best rate measured. Describe-then-answer
-  training beats it at equal steps but is a training and evaluation recipe the quickstart's Trainer path does not
+  training beats it on shape at equal steps (3 seeds) but is a training and evaluation recipe the quickstart's Trainer path does not
   run yet; it is the next step. The token options stay available: docs/mlp_projector.md."""
 
 CURVE_INTRO = """\

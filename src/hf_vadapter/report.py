@@ -91,7 +91,8 @@ def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[D
         "cheapest step, so it gets the most steps from the clock. Its peak learning rate, 6e-3, was the best of "
         "2e-3, 6e-3 and 1.5e-2 in the same sweep; at 600 steps over 3 seeds it raised every colour and shape mean "
         "over 2e-3, each within 2 standard errors. Training questions with the image's caption as context, then "
-        "answering after the model's own caption, beat this recipe at equal steps in the same sweep; the quickstart "
+        "answering after the model's own caption, beat this recipe on shape at equal steps in the same sweep (3 "
+        "seeds); the quickstart "
         "does not run that recipe yet.",
         "- With more time: `benchmarks/accuracy_curve.py` trains this recipe for longer and scores a checkpoint every "
         "500 steps; BENCHMARKS.md, \"Accuracy against training time, default recipe\", says where colour and shape "

@@ -274,17 +274,20 @@ def with_caption_context(items: List[Dict], captions: Dict[int, str]) -> List[Di
 
 
 @torch.no_grad()
+def greedy_texts(model, processor, items, features, max_new_tokens: int) -> List[str]:
+    """The model's greedy continuation of every item's prompt (with its image), in chunks of 50."""
+    texts = []
+    for start in range(0, len(items), 50):
+        batch = batch_of(processor, items[start : start + 50], features, with_targets=False)
+        output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        texts += processor.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return texts
+
+
 def own_captions(model, processor, items, features) -> Dict[int, str]:
     """The model's greedy caption (at most 40 tokens) of every image that has a caption row: image index -> text."""
     rows = [item for item in items if item["type"] == "caption"]
-    captions = {}
-    for start in range(0, len(rows), 50):
-        chunk = rows[start : start + 50]
-        batch = batch_of(processor, chunk, features, with_targets=False)
-        output = model.generate(**batch, max_new_tokens=40, do_sample=False)
-        texts = processor.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        captions.update({item["index"]: text.strip() for item, text in zip(chunk, texts)})
-    return captions
+    return {item["index"]: text.strip() for item, text in zip(rows, greedy_texts(model, processor, rows, features, 40))}
 
 
 @torch.no_grad()
@@ -299,14 +302,9 @@ def evaluate_arm(model, processor, items, features, describe: bool = False) -> D
         items = with_caption_context(items, captions)
         extra["caption_tokens"] = statistics.mean(len(processor.tokenizer(t)["input_ids"]) for t in captions.values())
     questions = [item for item in items if item["type"] != "caption"]
-    for start in range(0, len(questions), 50):
-        chunk = questions[start : start + 50]
-        batch = batch_of(processor, chunk, features, with_targets=False)
-        output = model.generate(**batch, max_new_tokens=4, do_sample=False)
-        answers = processor.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        for item, answer in zip(chunk, answers):
-            words = answer.strip().lower().rstrip(".").split()
-            hits[item["type"]].append(bool(words) and words[0] == item["target"].lower())
+    for item, answer in zip(questions, greedy_texts(model, processor, questions, features, 4)):
+        words = answer.strip().lower().rstrip(".").split()
+        hits[item["type"]].append(bool(words) and words[0] == item["target"].lower())
     return {**{kind: sum(v) / len(v) for kind, v in sorted(hits.items())}, **extra}
 
 

@@ -660,10 +660,14 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         `from_pretrained` options reach both bases and the adapter: `dtype` (a dtype or "auto": each base in the
         dtype it was stored in, the adapter in the LM's), `device_map` (the adapter goes where the LM's embeddings
         are), `attn_implementation`, `low_cpu_mem_usage`, `cache_dir` / `token` / `local_files_only` /
-        `force_download` (`revision` is the adapter repo's; the bases use their recorded revisions), and config
-        attributes such as `output_hidden_states=True`. Any other keyword is refused with a TypeError.
+        `force_download` (`revision` and `subfolder` are the adapter repo's; the bases use their recorded
+        revisions), and config attributes such as `output_hidden_states=True`. Any other keyword is refused with a
+        TypeError.
         """
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARG_NAMES if k in kwargs}
+        adapter_name_or_path, adapter_files = _checkpoint_location(
+            adapter_name_or_path, kwargs.pop("subfolder", ""), hub_kwargs
+        )
         base_kwargs = {k: kwargs.pop(k) for k in BASE_LOAD_KWARG_NAMES if k in kwargs}
         torch_dtype = kwargs.pop("torch_dtype", None)  # the old name of dtype
         dtype = dtype if dtype is not None else torch_dtype
@@ -672,8 +676,8 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         if os.path.isdir(adapter_name_or_path):
             verify_checkpoint(adapter_name_or_path)
             warn_on_code_skew(adapter_name_or_path)
-        config_file = resolve_file(adapter_name_or_path, "config.json", revision, hub_kwargs)
-        weights_file = resolve_file(adapter_name_or_path, ADAPTER_WEIGHTS_NAME, revision, hub_kwargs)
+        config_file = resolve_file(adapter_name_or_path, "config.json", revision, adapter_files)
+        weights_file = resolve_file(adapter_name_or_path, ADAPTER_WEIGHTS_NAME, revision, adapter_files)
         with loading_code_from(adapter_name_or_path, revision):  # a registered family's file lies beside it
             saved = VisionAdapterConfig.from_json_file(config_file)
         # The Auto classes pass the config they loaded, with config keywords (output_hidden_states=...) applied.
@@ -683,7 +687,7 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             chosen = {part: getattr(config, part)._attn_implementation for part in ATTENTION_PARTS}
             if chosen != {part: getattr(saved, part)._attn_implementation for part in ATTENTION_PARTS}:
                 base_kwargs["attn_implementation"] = chosen
-        _check_adapter_config_file(config, resolve_file(adapter_name_or_path, ADAPTER_CONFIG_NAME, revision, hub_kwargs))
+        _check_adapter_config_file(config, resolve_file(adapter_name_or_path, ADAPTER_CONFIG_NAME, revision, adapter_files))
         vision_name = vision_model_name_or_path or config.vision_model_name_or_path
         text_name = text_model_name_or_path or config.text_model_name_or_path
         if not vision_name or not text_name:
@@ -713,9 +717,9 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
                     setattr(target, key, value)
         model.config._name_or_path = str(adapter_name_or_path)
         model.name_or_path = str(adapter_name_or_path)
-        if has_checkpoint_file(adapter_name_or_path, GENERATION_CONFIG_NAME, revision, hub_kwargs):
+        if has_checkpoint_file(adapter_name_or_path, GENERATION_CONFIG_NAME, revision, adapter_files):
             # Saved with the adapter; older folders keep the LM's.
-            generation = read_json_file(adapter_name_or_path, GENERATION_CONFIG_NAME, revision, hub_kwargs)
+            generation = read_json_file(adapter_name_or_path, GENERATION_CONFIG_NAME, revision, adapter_files)
             model.generation_config = GenerationConfig.from_dict(generation)
         return model
 
@@ -724,7 +728,11 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
         """Load a full checkpoint, or an adapter-only one (then the bases are fetched by their recorded ids and the
         loading options reach them, see `from_adapter_pretrained`)."""
         revision = kwargs.get("revision")
-        hub_kwargs = hub_only(kwargs)
+        pretrained_model_name_or_path, hub_kwargs = _checkpoint_location(
+            pretrained_model_name_or_path, kwargs.pop("subfolder", ""), hub_only(kwargs)
+        )
+        if hub_kwargs.get("subfolder"):  # a Hub repo's subfolder: transformers' own loader takes it too
+            kwargs["subfolder"] = hub_kwargs["subfolder"]
         if _is_adapter_only(pretrained_model_name_or_path, revision, hub_kwargs):
             if model_args:
                 raise TypeError(f"from_pretrained() of an adapter-only checkpoint takes no positional {model_args}.")
@@ -753,7 +761,7 @@ def _config_overrides(
     if unknown:
         raise TypeError(
             f"from_pretrained({str(source)!r}) got unknown keyword arguments {unknown}. An adapter-only checkpoint "
-            f"takes the loading options {sorted(HUB_KWARG_NAMES + BASE_LOAD_KWARG_NAMES + ('dtype', 'revision'))} "
+            f"takes the loading options {sorted(HUB_KWARG_NAMES + BASE_LOAD_KWARG_NAMES + ('dtype', 'revision', 'subfolder'))} "
             "and config attributes (such as output_hidden_states=True)."
         )
     saved_values, passed_values = saved.to_dict(), config.to_dict()
@@ -786,6 +794,16 @@ def load_vision_tower(name_or_path: str, revision: Optional[str] = None, **kwarg
     config = AutoConfig.from_pretrained(name_or_path, revision=revision, **hub_only(kwargs))
     vision_config = getattr(config, "vision_config", None) or config
     return AutoModel.from_pretrained(name_or_path, config=vision_config, revision=revision, **kwargs)
+
+
+def _checkpoint_location(name_or_path, subfolder: Optional[str], hub_kwargs: Dict[str, Any]):
+    """Where a checkpoint's own files are: `(name_or_path, hub_kwargs for its files)`. A local folder's `subfolder`
+    is joined to it; a Hub repo's goes to every lookup of the checkpoint's files (never to the bases' repos)."""
+    if not subfolder:
+        return name_or_path, hub_kwargs
+    if os.path.isdir(name_or_path):
+        return os.path.join(name_or_path, subfolder), hub_kwargs
+    return name_or_path, {**hub_kwargs, "subfolder": subfolder}
 
 
 def _is_adapter_only(name_or_path, revision: Optional[str], hub_kwargs: Dict[str, Any]) -> bool:

@@ -166,3 +166,20 @@ def test_adapter_folder_passes_hub_options_and_refuses_unknown_keywords(saved, t
         hf_vadapter.VisionAdapterForCausalLM.from_pretrained(saved, not_an_option=1)
     with pytest.raises(TypeError, match="not_an_option"):
         AutoModelForCausalLM.from_pretrained(saved, trust_remote_code=True, not_an_option=1)
+
+
+def test_subfolder_reaches_the_checkpoints_own_files_only(pair, tmp_path):
+    """`subfolder=` (which the Auto classes always pass) finds an adapter-only or full checkpoint inside a folder;
+    the bases still load from their recorded ids."""
+    model, processor = pair
+    model.save_pretrained(tmp_path / "repo" / "adapter", processor=processor)
+    model.save_pretrained(tmp_path / "repo" / "full", processor=processor, full=True)
+    inputs = _batch(processor)
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        for folder in ("adapter", "full"):
+            for load in (AutoModelForCausalLM.from_pretrained, hf_vadapter.VisionAdapterForCausalLM.from_pretrained):
+                reloaded = load(tmp_path / "repo", subfolder=folder, trust_remote_code=True)
+                assert torch.equal(reloaded(**inputs).logits, expected), (folder, load)
+    with pytest.raises(OSError, match="repo"):
+        hf_vadapter.VisionAdapterForCausalLM.from_pretrained(tmp_path / "repo", subfolder="missing")

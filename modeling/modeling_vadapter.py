@@ -62,6 +62,9 @@ BASE_LOAD_KWARG_NAMES = ("device_map", "attn_implementation", "low_cpu_mem_usage
 PASSED_BY_TRANSFORMERS = ("trust_remote_code", "adapter_kwargs", "_from_auto", "_from_pipeline", "_commit_hash",
                           "code_revision")
 ATTENTION_PARTS = ("vision_config", "text_config")
+# The other loading options of an adapter-only checkpoint: `dtype` (bases and adapter), and the adapter repo's own
+# `revision` and `subfolder` (never the bases').
+OTHER_LOAD_KWARG_NAMES = ("dtype", "revision", "subfolder")
 # Config attributes every PretrainedConfig has: an override of one reaches the bases' configs too.
 GENERIC_CONFIG_ATTRIBUTES = ("output_hidden_states", "output_attentions", "return_dict")
 # What builds the model: not a keyword to override at load time.
@@ -687,7 +690,8 @@ class VisionAdapterForCausalLM(VisionAdapterPreTrainedModel, GenerationMixin):
             chosen = {part: getattr(config, part)._attn_implementation for part in ATTENTION_PARTS}
             if chosen != {part: getattr(saved, part)._attn_implementation for part in ATTENTION_PARTS}:
                 base_kwargs["attn_implementation"] = chosen
-        _check_adapter_config_file(config, resolve_file(adapter_name_or_path, ADAPTER_CONFIG_NAME, revision, adapter_files))
+        adapter_config_file = resolve_file(adapter_name_or_path, ADAPTER_CONFIG_NAME, revision, adapter_files)
+        _check_adapter_config_file(config, adapter_config_file)
         vision_name = vision_model_name_or_path or config.vision_model_name_or_path
         text_name = text_model_name_or_path or config.text_model_name_or_path
         if not vision_name or not text_name:
@@ -761,7 +765,7 @@ def _config_overrides(
     if unknown:
         raise TypeError(
             f"from_pretrained({str(source)!r}) got unknown keyword arguments {unknown}. An adapter-only checkpoint "
-            f"takes the loading options {sorted(HUB_KWARG_NAMES + BASE_LOAD_KWARG_NAMES + ('dtype', 'revision', 'subfolder'))} "
+            f"takes the loading options {sorted(HUB_KWARG_NAMES + BASE_LOAD_KWARG_NAMES + OTHER_LOAD_KWARG_NAMES)} "
             "and config attributes (such as output_hidden_states=True)."
         )
     saved_values, passed_values = saved.to_dict(), config.to_dict()

@@ -23,6 +23,8 @@ MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused rather than decoded i
 IMAGE_PLACEMENTS = ("start", "end")
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16/32-bit integer and float images
 EXIF_ORIENTATION = 0x0112  # where images go in a prompt without placeholders
+# How text about the image (an expert's, or the model's own description) goes before a prompt.
+CONTEXT_TEMPLATE = "Context: {context}\n{prompt}"
 ImageLike = Image.Image
 
 
@@ -61,6 +63,24 @@ def _to_8_bit(image: ImageLike) -> ImageLike:
     return image.point(lambda value: value * scale - lowest * scale).convert("L")
 
 
+def _check_context_settings(describe_prompt: Optional[str], context_template: str, image_token: str) -> None:
+    if describe_prompt is not None and (not isinstance(describe_prompt, str) or not describe_prompt.strip()):
+        raise ValueError(f"describe_prompt must be a non-empty prompt or None, got {describe_prompt!r}.")
+    if describe_prompt is not None and image_token in describe_prompt:
+        raise ValueError(
+            f"describe_prompt {describe_prompt!r} holds the image placeholder {image_token!r}; give the bare "
+            "instruction, the image goes where `image_placement` says."
+        )
+    try:
+        context_template.format(context="", prompt="")
+    except (KeyError, IndexError, ValueError, AttributeError) as error:
+        raise ValueError(
+            f"context_template {context_template!r} does not format with only {{context}} and {{prompt}} ({error!r})."
+        ) from error
+    if "{context}" not in context_template or "{prompt}" not in context_template:
+        raise ValueError(f"context_template must hold {{context}} and {{prompt}}, got {context_template!r}.")
+
+
 def _as_texts(value, name: str) -> List[str]:
     """`text` or `text_target` as a list of valid Unicode strings, refusing other types with a typed error."""
     if isinstance(value, str):
@@ -96,6 +116,10 @@ class VisionAdapterProcessor(ProcessorMixin):
             turn, when there is one. Off, prompts and chat messages go to the LM in the plain format.
         image_placement: where the images go in a prompt that holds no placeholder: `"start"` (before the text, the
             usual convention) or `"end"` (after it, so the visual tokens can attend to the question).
+        describe_prompt: describe, then answer. When set, the model was trained to answer with a description of the
+            image as context: hf_vadapter's generation first asks it this prompt, then puts its answer before every
+            other prompt of the same image with `context_template` (see `with_context`). None: prompts go as given.
+        context_template: how context goes before a prompt; it has `{context}` and `{prompt}` fields.
     """
 
     _auto_class = "AutoProcessor"
@@ -109,9 +133,14 @@ class VisionAdapterProcessor(ProcessorMixin):
         use_chat_template: bool = True,
         image_placement: str = "start",
         chat_template=None,
+        describe_prompt: Optional[str] = None,
+        context_template: str = CONTEXT_TEMPLATE,
     ):
         if image_placement not in IMAGE_PLACEMENTS:
             raise ValueError(f"image_placement must be one of {IMAGE_PLACEMENTS}, got {image_placement!r}.")
+        _check_context_settings(describe_prompt, context_template, image_token)
+        self.describe_prompt = describe_prompt
+        self.context_template = context_template
         self.num_image_tokens = num_image_tokens
         self.image_token = image_token
         self.use_chat_template = use_chat_template
@@ -204,6 +233,20 @@ class VisionAdapterProcessor(ProcessorMixin):
         return super().apply_chat_template(
             flat if is_batched else flat[0], chat_template=template, processor_kwargs=processor_kwargs, **kwargs
         )
+
+    def with_context(self, prompt: str, context: str) -> str:
+        """`prompt` with `context` (text about its image) before it, by `context_template`; empty context adds
+        nothing. With `describe_prompt` set, the context the model was trained with is its description of the image:
+
+            description = generate(processor(images=image, text=processor.describe_prompt))
+            inputs = processor(images=image, text=processor.with_context(question, description))
+        """
+        context = context.strip()
+        return self.context_template.format(context=context, prompt=prompt) if context else prompt
+
+    def is_describe_prompt(self, prompt: str) -> bool:
+        """Whether `prompt` asks for the description itself (which then gets no context)."""
+        return self.describe_prompt is not None and prompt.strip().lower() == self.describe_prompt.strip().lower()
 
     def with_placeholders(self, prompt: str, num_images: int) -> str:
         """The prompt with `num_images` placeholders at `image_placement`, unless it already holds some."""

@@ -575,6 +575,24 @@ def test_llama_adapter_v2_expert_context(app, tiny_bases, tmp_path):
     assert len(box) == 1 and box[0]["props"]["visible"] is True
 
 
+def test_describe_then_answer_checkpoint_describes_before_it_answers(app, tiny_bases, tmp_path):
+    tower_path, lm_path = tiny_bases("vit", "llama")
+    model, processor = build_model(tower_path, lm_path, hf_vadapter.MLPProjectorConfig(pool_size=2), seed=2)
+    processor.describe_prompt = "Describe the image."
+    model.eval().save_adapter(tmp_path / "describe", processor=processor)
+    demo_model = app.DemoModel.load(str(tmp_path / "describe"))
+    image = random_image(8)
+    outputs = list(demo_model.answer(image, "What color is the circle?", *settings(context="on a table")))
+    description = direct_answer(model, processor, image, "Describe the image.")
+    expected = direct_answer(
+        model, processor, image, processor.with_context("What color is the circle?", f"{description} on a table")
+    )
+    assert outputs[-1][0] == expected and f"Described as: {description!r}." in outputs[-1][1]
+    assert any(status.startswith("Describing the image first") for _, status in outputs[:-1])
+    caption, _ = final(demo_model.caption(image, *settings()))
+    assert caption == description  # the caption button asks for the description itself, with no context
+
+
 # ------------------------------------------------------------------------------------------------ a Space's own files
 
 

@@ -23,9 +23,10 @@ from typing import Callable, List, Sequence, Union
 from PIL import Image
 
 from .evaluation.generation import answer
+from .modeling.processing_vadapter import CONTEXT_TEMPLATE
 
 Expert = Callable[..., str]  # (image) -> text, or (image, prompt) -> text
-DEFAULT_TEMPLATE = "Context: {context}\n{prompt}"
+DEFAULT_TEMPLATE = CONTEXT_TEMPLATE
 
 
 def _call_expert(expert: Expert, image: Image.Image, prompt: str) -> str:

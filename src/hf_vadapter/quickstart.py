@@ -44,6 +44,9 @@ class Preset:
     pool_size: int = 3  # 9x9 patches -> 3x3 tokens, one per cell of the scenes' 3x3 layout
     # After the question, the visual tokens attend to it (measured against "start": docs/training.md).
     image_placement: str = "end"
+    # Questions train with the image's caption as context and are answered after the model's own description
+    # (binding_sweep, 600 steps, 3 seeds: BENCHMARKS.md, "Describe, then answer"; docs/describe_then_answer.md).
+    describe_then_answer: bool = True
     num_photo_questions: int = 1
 
 
@@ -86,6 +89,7 @@ def training_arguments(preset: Preset, vision_path, text_path, output: Path, see
         render_size=preset.image_size,
         synthetic_seed=seed,
         max_length=64,
+        describe_then_answer=preset.describe_then_answer,
     )
     training_args = VisionAdapterTrainingArguments(
         output_dir=str(output / "adapter"),

@@ -1,13 +1,17 @@
 """Generate and decode answers: for images and prompts (`answer`), or batched over example rows
 (`generate_predictions`: left-padded prompts, greedy or beam decoding with the KV cache). Both go through
-`generate_answers`, the one place that generates and decodes."""
+`generate_answers`, the one place that generates and decodes, and both describe, then answer, when the processor
+says so (`describe_first`)."""
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from ..training.collator import VisionAdapterCollator
+
+Row = Dict[str, Any]
+
 
 @torch.no_grad()
 def generate_answers(model, processor, inputs: Mapping[str, torch.Tensor], **generate_kwargs) -> List[str]:
@@ -17,9 +21,48 @@ def generate_answers(model, processor, inputs: Mapping[str, torch.Tensor], **gen
     return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
+def describe_first(processor, rows: Sequence[Row], generate: Callable[[List[Row]], List[str]]) -> List[str]:
+    """Describe, then answer: `generate` answers every row, after the model has described each row's image and the
+    description has gone before the row's prompt (`processor.with_context`).
+
+    Without `processor.describe_prompt` this is `generate(rows)`. An image is described once per `image_id` (rows
+    without one are described each), with the settings of the answers; a row that asks `describe_prompt` itself gets
+    that description as its answer, and rows without an image get no context.
+    """
+    rows = list(rows)
+    describe = getattr(processor, "describe_prompt", None)
+    if describe is None or not rows:
+        return generate(rows)
+    keys = [row.get("image_id") or f"row {index}" for index, row in enumerate(rows)]
+    first_row_of_image: Dict[str, Row] = {}
+    for key, row in zip(keys, rows):
+        if row.get("image") is not None:
+            first_row_of_image.setdefault(key, row)
+    descriptions = dict(
+        zip(first_row_of_image, generate([{**row, "prompt": describe} for row in first_row_of_image.values()]))
+    )
+    answers: List[Optional[str]] = [
+        descriptions.get(key) if row["prompt"] == describe else None for key, row in zip(keys, rows)
+    ]
+    pending = [index for index, answer in enumerate(answers) if answer is None]
+    contextual = [
+        {**rows[index], "prompt": processor.with_context(rows[index]["prompt"], descriptions.get(keys[index], ""))}
+        for index in pending
+    ]
+    for index, text in zip(pending, generate(contextual) if contextual else []):
+        answers[index] = text
+    return answers
+
+
 def answer(model, processor, images: Sequence[Any], prompts: Sequence[str], **generate_kwargs) -> List[str]:
-    """The model's answer to each (image, prompt) pair; `generate_kwargs` go to `model.generate`."""
-    return generate_answers(model, processor, processor(images=list(images), text=list(prompts)), **generate_kwargs)
+    """The model's answer to each (image, prompt) pair; `generate_kwargs` go to `model.generate` (and, with the
+    processor's `describe_prompt`, to the descriptions that come first)."""
+
+    def generate(rows: List[Row]) -> List[str]:
+        inputs = processor(images=[row["image"] for row in rows], text=[row["prompt"] for row in rows])
+        return generate_answers(model, processor, inputs, **generate_kwargs)
+
+    return describe_first(processor, [{"image": i, "prompt": p} for i, p in zip(images, prompts)], generate)
 
 
 @torch.no_grad()
@@ -36,35 +79,39 @@ def generate_predictions(
 ) -> List[str]:
     """The model's answer to every row's prompt and image, in row order.
 
-    Rows follow the example schema (an `image` value, PIL or undecoded, and a `prompt`). The processor pads on the
-    left, so a batch generates exactly as its rows would one by one; the KV cache is on and pixel values are used at
-    prefill only.
+    Rows follow the example schema (an `image` value, PIL or undecoded, a `prompt`, and an `image_id` that lets rows
+    of one image share its description when the processor describes first). The processor pads on the left, so a
+    batch generates exactly as its rows would one by one; the KV cache is on and pixel values are used at prefill
+    only.
     """
     collator = VisionAdapterCollator(processor, max_length=max_length, with_targets=False)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    predictions: List[str] = []
-    starts = range(0, len(rows), batch_size)
-    bar = tqdm(total=len(rows), desc=description, unit="ex", disable=not progress)
+    settings = dict(
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=processor.tokenizer.pad_token_id,
+    )
+    passes = iter(["Describing", description] if getattr(processor, "describe_prompt", None) else [description])
+
+    def generate(chosen: List[Row]) -> List[str]:
+        predictions: List[str] = []
+        with tqdm(total=len(chosen), desc=next(passes, description), unit="ex", disable=not progress) as bar:
+            for start in range(0, len(chosen), batch_size):
+                # The cache needs the tower's pixels here: generation feeds images at prefill only.
+                chunk = [
+                    {key: value for key, value in row.items() if key != "image_hash"}
+                    for row in chosen[start : start + batch_size]
+                ]
+                inputs = {key: value.to(device) for key, value in collator(chunk).items()}
+                predictions += generate_answers(model, processor, inputs, **settings)
+                bar.update(len(chunk))
+        return predictions
+
     try:
-        for start in starts:
-            chunk = [rows[index] for index in range(start, min(start + batch_size, len(rows)))]
-            # The cache needs the tower's pixels here: generation feeds images at prefill only.
-            chunk = [{key: value for key, value in row.items() if key != "image_hash"} for row in chunk]
-            inputs = {key: value.to(device) for key, value in collator(chunk).items()}
-            predictions += generate_answers(
-                model,
-                processor,
-                inputs,
-                max_new_tokens=max_new_tokens,
-                num_beams=num_beams,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=processor.tokenizer.pad_token_id,
-            )
-            bar.update(len(chunk))
+        return describe_first(processor, [rows[index] for index in range(len(rows))], generate)
     finally:
-        bar.close()
         model.train(was_training)
-    return predictions

@@ -184,6 +184,14 @@ class DataArguments:
     max_instruction_samples: Optional[int] = field(
         default=None, metadata={"help": "Keep only the first N instruction rows."}
     )
+    describe_then_answer: bool = field(
+        default=False,
+        metadata={
+            "help": "Describe, then answer: every training row that is not a caption gets its image's reference "
+            "caption before the prompt as context, and the saved processor's `describe_prompt` makes generation "
+            "describe each image first and answer after the model's own description (docs/describe_then_answer.md)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASET_KINDS and not Path(self.dataset).exists():

@@ -25,6 +25,7 @@ from .arguments import DataArguments, ModelArguments, VisionAdapterTrainingArgum
 from .checkpointing import load_partial_adapter
 from .collator import VisionAdapterCollator
 from .data import load_splits
+from .describe_then_answer import describe_prompt_of, with_reference_descriptions
 from .dtype_choice import resolve_language_model_dtype
 from .feature_cache import FeatureCache
 from .trainer import VisionAdapterTrainer
@@ -100,6 +101,10 @@ def run_training(
     model, processor = build_model_and_processor(model_args)
     model.print_trainable_parameters()
     train_dataset, eval_dataset = load_splits(data_args)
+    if data_args.describe_then_answer:
+        # Generation describes first (the processor saves this); the evaluation rows keep their plain prompts.
+        processor.describe_prompt = describe_prompt_of(train_dataset)
+        train_dataset = with_reference_descriptions(train_dataset, processor)
     store = None
     if training_args.use_feature_cache:
         cache = FeatureCache(

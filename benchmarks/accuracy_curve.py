@@ -3,6 +3,8 @@
     python benchmarks/accuracy_curve.py                          # 3000 steps, a checkpoint every 500, 1 thread
     python benchmarks/accuracy_curve.py --steps 1000 --every 250
     python benchmarks/accuracy_curve.py --table                  # the results so far
+    python benchmarks/accuracy_curve.py --describe-then-answer --steps 1200 --every 300 \
+        --output-dir outputs/accuracy_curve_describe              # the same with describe, then answer
     python benchmarks/accuracy_curve.py --rescore --checkpoints 1000 3000 --seen-images 100   # seen vs unseen scenes
 
 One run of the quickstart's default (same preset, data, seed and LM dtype choice; `quickstart.training_arguments`),
@@ -121,6 +123,8 @@ def main(argv=None):
     parser.add_argument("--test-images", type=int, default=PRESETS["default"].num_test_images)
     parser.add_argument("--heldout-images", type=int, default=PRESETS["default"].num_heldout_images)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--describe-then-answer", action="store_true",
+                        help="train with the preset's describe_then_answer on (docs/describe_then_answer.md)")
     parser.add_argument("--output-dir", default=str(OUT))
     parser.add_argument("--table", action="store_true", help="print the results file as a table and stop")
     parser.add_argument("--rescore", action="store_true", help="score the saved --checkpoints again; no training")
@@ -136,7 +140,7 @@ def main(argv=None):
         return table
     torch.set_num_threads(args.threads)
     preset = replace(PRESETS["default"], num_train_images=args.train_images, num_test_images=args.test_images,
-                     num_heldout_images=args.heldout_images)
+                     num_heldout_images=args.heldout_images, describe_then_answer=args.describe_then_answer)
     if args.rescore:
         return rescore(args, output, preset)
     model_args, data_args, training_args = training_arguments(
@@ -149,8 +153,9 @@ def main(argv=None):
     model, processor = run.trainer.model, run.trainer.processing_class
     dtype = model.language_model.dtype
     dtype_name = str(dtype).replace("torch.", "")
-    setting = (f"Machine: {machine()}. LM in {dtype_name} (chosen at start-up by measurement); {args.steps} steps of "
-               f"batch {preset.batch_size}, cosine over all of them, seed {args.seed}; {preset.num_train_images} "
+    recipe = "describe, then answer; " if preset.describe_then_answer else ""
+    setting = (f"Machine: {machine()}. {recipe}LM in {dtype_name} (chosen at start-up by measurement); "
+               f"{args.steps} steps of batch {preset.batch_size}, cosine over all of them, seed {args.seed}; {preset.num_train_images} "
                f"training scenes, VQA on {preset.num_test_images} test and {preset.num_heldout_images} held-out "
                f"scenes; accuracy in %.")
     print(setting, flush=True)

@@ -70,6 +70,8 @@ def test_help(argv, capsys):
         (["--image-placement", "start"], {"image_placement": "start"}),
         (["--max-steps", "602", "--no-clock"], {"max_steps": 602, "train_minutes": None}),
         (["--max_steps", "10"], {"max_steps": 10}),
+        (["--describe-then-answer", "--max-steps", "600", "--no-clock"],
+         {"describe_then_answer": True, "max_steps": 600, "train_minutes": None}),
     ],
 )
 def test_quickstart_flags_reach_run_quickstart(monkeypatch, flags, overrides):

@@ -44,9 +44,9 @@ class Preset:
     pool_size: int = 3  # 9x9 patches -> 3x3 tokens, one per cell of the scenes' 3x3 layout
     # After the question, the visual tokens attend to it (measured against "start": docs/training.md).
     image_placement: str = "end"
-    # Questions train with the image's caption as context and are answered after the model's own description
-    # (binding_sweep, 600 steps, 3 seeds: BENCHMARKS.md, "Describe, then answer"; docs/describe_then_answer.md).
-    describe_then_answer: bool = True
+    # Describe, then answer (docs/describe_then_answer.md) wins at 600 steps, but its longer prompts make a step
+    # about 1.4 times as costly, and inside the default's 10 minutes it trains too few steps to pay (BENCHMARKS.md).
+    describe_then_answer: bool = False
     num_photo_questions: int = 1
 
 

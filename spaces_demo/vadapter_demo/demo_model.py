@@ -113,12 +113,13 @@ class DemoModel:
             describe = getattr(self.processor, "describe_prompt", None)
             if is_question and describe:  # trained to describe, then answer: the description becomes context
                 description = ""
-                for description, status in stream_answer(self.model, self.processor, rgb, describe, settings, "",
-                                                         self._model_lock, self._count):
+                for description, _ in stream_answer(self.model, self.processor, rgb, describe, settings, "",
+                                                    self._model_lock, self._count):
                     yield "", f"Describing the image first: {description}"
                 context = " ".join(part for part in (description, context) if part)
                 notes.append(f"Described as: {description!r}.")
-            yield from stream_answer(self.model, self.processor, rgb, with_expert_context(prompt, context), settings,
+            yield from stream_answer(self.model, self.processor, rgb,
+                                     with_expert_context(prompt, context, self.processor), settings,
                                      " ".join(notes), self._model_lock, self._count)
         except self._user_errors as error:
             yield WARNING + str(error), "Nothing was generated."

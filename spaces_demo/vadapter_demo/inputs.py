@@ -139,8 +139,11 @@ def checked_context(context: str) -> str:
     return context
 
 
-def with_expert_context(prompt: str, context: str) -> str:
-    """The prompt with the expert context put in front of it; unchanged without context."""
+def with_expert_context(prompt: str, context: str, processor=None) -> str:
+    """The prompt with the expert context put in front of it; unchanged without context. A checkpoint's processor
+    that has `with_context` (and its own `context_template`) places it; older ones get the library's template."""
+    if processor is not None and hasattr(processor, "with_context"):
+        return processor.with_context(prompt, context)
     return EXPERT_CONTEXT_TEMPLATE.format(context=context, prompt=prompt) if context else prompt
 
 

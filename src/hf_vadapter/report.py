@@ -99,7 +99,7 @@ def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[D
         "(`--describe-then-answer`, with `--max-steps 600 --no-clock` or more), not the default (BENCHMARKS.md, \"Describe, then answer\").",
         "- With more time: `benchmarks/accuracy_curve.py` trains this recipe for longer and scores a checkpoint every "
         "500 steps; BENCHMARKS.md, \"Accuracy against training time, default recipe\", says where colour and shape "
-        "stand at each.",
+        "stand at each, and the describe-then-answer curve beside it (test colour / shape 85% / 86% at 900 steps).",
         f"- Frozen LM in {summary['language_model_dtype']}: `language_model_dtype=\"auto\"` times a bf16 and an "
         "fp32 matmul at start-up and keeps bf16 only where this CPU runs it clearly faster.",
         f"- Training loss: {losses[0]:.3f} at the first log, {losses[-1]:.3f} at the last." if losses else "",

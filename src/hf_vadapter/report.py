@@ -96,7 +96,8 @@ def write_report(output_dir: Path, summary: Dict[str, Any], examples: Sequence[D
         "caption, answered after the model's own description) beat this recipe on shape at 600 steps in the same "
         "sweep (3 seeds), but its longer prompts make a step about 1.4 times as costly: on the 10-minute clock it "
         "trained 217 steps and answered test colour / shape at 29% / 41%. So it is an option "
-        "(`--describe-then-answer`, with `--max-steps 600 --no-clock` or more), not the default (BENCHMARKS.md, \"Describe, then answer\").",
+        "(`--describe-then-answer`, with `--max-steps 600 --no-clock` or more), not the default (BENCHMARKS.md, "
+        "\"Binding lever sweep\").",
         "- With more time: `benchmarks/accuracy_curve.py` trains this recipe for longer and scores a checkpoint every "
         "500 steps; BENCHMARKS.md, \"Accuracy against training time, default recipe\", says where colour and shape "
         "stand at each, and the describe-then-answer curve beside it (test colour / shape 85% / 86% at 900 steps).",

@@ -155,9 +155,9 @@ def main(argv=None):
     dtype_name = str(dtype).replace("torch.", "")
     recipe = "describe, then answer; " if preset.describe_then_answer else ""
     setting = (f"Machine: {machine()}. {recipe}LM in {dtype_name} (chosen at start-up by measurement); "
-               f"{args.steps} steps of batch {preset.batch_size}, cosine over all of them, seed {args.seed}; {preset.num_train_images} "
-               f"training scenes, VQA on {preset.num_test_images} test and {preset.num_heldout_images} held-out "
-               f"scenes; accuracy in %.")
+               f"{args.steps} steps of batch {preset.batch_size}, cosine over all of them, seed {args.seed}; "
+               f"{preset.num_train_images} training scenes, VQA on {preset.num_test_images} test and "
+               f"{preset.num_heldout_images} held-out scenes; accuracy in %.")
     print(setting, flush=True)
     rows = []
     output.mkdir(parents=True, exist_ok=True)

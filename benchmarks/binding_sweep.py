@@ -269,8 +269,10 @@ def train_arm(name, config, paths, features, train_items, args, dtype, bags=None
 def with_caption_context(items: List[Dict], captions: Dict[int, str]) -> List[Dict]:
     """The question rows with their image's caption (`captions`: image index -> text) before the question, as
     `hf_vadapter.experts` puts an expert's text ("Context: <caption>" and the question); caption rows unchanged."""
-    return [item if item["type"] == "caption" else {**item, "prompt": with_caption(item["prompt"], captions[item["index"]])}
-            for item in items]
+    return [
+        item if item["type"] == "caption" else {**item, "prompt": with_caption(item["prompt"], captions[item["index"]])}
+        for item in items
+    ]
 
 
 @torch.no_grad()

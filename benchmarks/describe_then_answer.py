@@ -36,9 +36,14 @@ from hf_vadapter.evaluation import generate_predictions, score_predictions  # no
 from hf_vadapter.evaluation.runner import METRICS_NAME, PREDICTIONS_NAME  # noqa: E402
 from hf_vadapter.training.dtype_choice import choose_language_model_dtype  # noqa: E402
 
+
 def contextual_rows(rows: List[Dict], captions: Dict[str, str]) -> List[Dict]:
     """The VQA rows with the caption of their image (`captions`: image id -> text) put before the question."""
-    return [{**row, "prompt": with_caption(row["prompt"], captions[row["image_id"]])} for row in rows if row["task"] == "vqa"]
+    return [
+        {**row, "prompt": with_caption(row["prompt"], captions[row["image_id"]])}
+        for row in rows
+        if row["task"] == "vqa"
+    ]
 
 
 def main(argv=None) -> str:
@@ -51,9 +56,10 @@ def main(argv=None) -> str:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    needed = [args.output_dir / "adapter"] + [args.output_dir / "eval" / split / PREDICTIONS_NAME for split in ("test", HELDOUT_SPLIT)]
-    if not all(path.exists() for path in needed):
-        message = f"No quickstart run in {args.output_dir}: run `bash scripts/quickstart.sh` first (or pass --output-dir)."
+    evaluations = [args.output_dir / "eval" / split / PREDICTIONS_NAME for split in ("test", HELDOUT_SPLIT)]
+    if not all(path.exists() for path in [args.output_dir / "adapter", *evaluations]):
+        message = (f"No quickstart run in {args.output_dir}: run `bash scripts/quickstart.sh` first (or pass "
+                   "--output-dir).")
         print(message)
         return message
     torch.set_num_threads(args.threads)
@@ -67,7 +73,8 @@ def main(argv=None) -> str:
         f"Machine: {machine()}; LM in {str(dtype).replace('torch.', '')}; checkpoint "
         f"`{args.output_dir / 'adapter'}`; VQA exact match in %.",
         "",
-        "| split | context | " + " | ".join(QUESTION_TYPES) + " | caption tokens per image | added prompt tokens per question |",
+        "| split | context | " + " | ".join(QUESTION_TYPES)
+        + " | caption tokens per image | added prompt tokens per question |",
         "|---|---|" + "---|" * len(QUESTION_TYPES) + "---|---|",
     ]
     for split, size in (("test", args.test_images), (HELDOUT_SPLIT, args.heldout_images)):
@@ -82,7 +89,8 @@ def main(argv=None) -> str:
         questions = [row for row in rows if row["task"] == "vqa"]
         prompt_tokens = statistics.mean(len(tokenizer(row["prompt"])["input_ids"]) for row in questions)
         lines.append(f"| {split} | none (the evaluation's answers) | "
-                     + " | ".join(f"{100 * plain[f'vqa_accuracy_{kind}']:.0f}" for kind in QUESTION_TYPES) + " | 0 | 0 |")
+                     + " | ".join(f"{100 * plain[f'vqa_accuracy_{kind}']:.0f}" for kind in QUESTION_TYPES)
+                     + " | 0 | 0 |")
         for name, captions in (("own caption", own), ("reference caption", reference)):
             with_context = contextual_rows(rows, captions)
             predictions = generate_predictions(model, processor, with_context, batch_size=args.batch_size,

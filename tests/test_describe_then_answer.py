@@ -107,7 +107,7 @@ class RecordingGenerate:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, rows):
+    def __call__(self, rows, describing):
         self.calls.append([row["prompt"] for row in rows])
         return [f"{row['prompt'][-12:]}@{row.get('image_id')}" for row in rows]
 
@@ -133,6 +133,14 @@ def test_describe_first_describes_each_image_once_and_keeps_row_order(pair):
     ]
     assert answers[1] == f"{DESCRIBE[-12:]}@b"  # the description row's answer is the description itself
     assert answers[0] == "\nWhat color?@a" and answers[3] == "Tell a joke.@"
+
+
+def test_a_description_asked_in_other_words_gets_no_context(pair):
+    _, processor = pair
+    generate = RecordingGenerate()
+    rows = [{"image": "a", "image_id": "a", "prompt": " describe the image. "}]
+    describe_first(processor, rows, generate)
+    assert generate.calls == [[DESCRIBE], [" describe the image. "]]
 
 
 def test_describe_first_without_describe_prompt_is_one_plain_pass(pair, tiny_bases):

@@ -21,35 +21,41 @@ def generate_answers(model, processor, inputs: Mapping[str, torch.Tensor], **gen
     return [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
-def describe_first(processor, rows: Sequence[Row], generate: Callable[[List[Row]], List[str]]) -> List[str]:
-    """Describe, then answer: `generate` answers every row, after the model has described each row's image and the
-    description has gone before the row's prompt (`processor.with_context`).
+def describe_first(
+    processor, rows: Sequence[Row], generate: Callable[[List[Row], bool], List[str]]
+) -> List[str]:
+    """Describe, then answer: `generate(rows, describing)` answers every row, after the model has described each
+    row's image (the call with `describing=True`) and the description has gone before the row's prompt
+    (`processor.with_context`).
 
-    Without `processor.describe_prompt` this is `generate(rows)`. An image is described once per `image_id` (rows
-    without one are described each), with the settings of the answers; a row that asks `describe_prompt` itself gets
-    that description as its answer, and rows without an image get no context.
+    Without `processor.describe_prompt` this is `generate(rows, False)`. An image is described once per `image_id`
+    (rows without one are described each), with the settings of the answers; a row that asks `describe_prompt` itself
+    gets that description as its answer, and rows that ask for a description (`processor.is_describe_prompt`) or have
+    no image get no context.
     """
     rows = list(rows)
     describe = getattr(processor, "describe_prompt", None)
     if describe is None or not rows:
-        return generate(rows)
+        return generate(rows, False)
     keys = [row.get("image_id") or f"row {index}" for index, row in enumerate(rows)]
     first_row_of_image: Dict[str, Row] = {}
     for key, row in zip(keys, rows):
         if row.get("image") is not None:
             first_row_of_image.setdefault(key, row)
     descriptions = dict(
-        zip(first_row_of_image, generate([{**row, "prompt": describe} for row in first_row_of_image.values()]))
+        zip(first_row_of_image, generate([{**row, "prompt": describe} for row in first_row_of_image.values()], True))
     )
     answers: List[Optional[str]] = [
         descriptions.get(key) if row["prompt"] == describe else None for key, row in zip(keys, rows)
     ]
     pending = [index for index, answer in enumerate(answers) if answer is None]
     contextual = [
-        {**rows[index], "prompt": processor.with_context(rows[index]["prompt"], descriptions.get(keys[index], ""))}
+        rows[index]
+        if processor.is_describe_prompt(rows[index]["prompt"])
+        else {**rows[index], "prompt": processor.with_context(rows[index]["prompt"], descriptions.get(keys[index], ""))}
         for index in pending
     ]
-    for index, text in zip(pending, generate(contextual) if contextual else []):
+    for index, text in zip(pending, generate(contextual, False) if contextual else []):
         answers[index] = text
     return answers
 
@@ -58,7 +64,7 @@ def answer(model, processor, images: Sequence[Any], prompts: Sequence[str], **ge
     """The model's answer to each (image, prompt) pair; `generate_kwargs` go to `model.generate` (and, with the
     processor's `describe_prompt`, to the descriptions that come first)."""
 
-    def generate(rows: List[Row]) -> List[str]:
+    def generate(rows: List[Row], describing: bool) -> List[str]:
         inputs = processor(images=[row["image"] for row in rows], text=[row["prompt"] for row in rows])
         return generate_answers(model, processor, inputs, **generate_kwargs)
 
@@ -95,11 +101,11 @@ def generate_predictions(
         use_cache=True,
         pad_token_id=processor.tokenizer.pad_token_id,
     )
-    passes = iter(["Describing", description] if getattr(processor, "describe_prompt", None) else [description])
 
-    def generate(chosen: List[Row]) -> List[str]:
+    def generate(chosen: List[Row], describing: bool) -> List[str]:
         predictions: List[str] = []
-        with tqdm(total=len(chosen), desc=next(passes, description), unit="ex", disable=not progress) as bar:
+        label = "Describing" if describing else description
+        with tqdm(total=len(chosen), desc=label, unit="ex", disable=not progress) as bar:
             for start in range(0, len(chosen), batch_size):
                 # The cache needs the tower's pixels here: generation feeds images at prefill only.
                 chunk = [
@@ -112,6 +118,6 @@ def generate_predictions(
         return predictions
 
     try:
-        return describe_first(processor, [rows[index] for index in range(len(rows))], generate)
+        return describe_first(processor, rows, generate)
     finally:
         model.train(was_training)

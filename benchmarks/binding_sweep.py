@@ -24,6 +24,8 @@ order, with the same optimiser, schedule, batch and seed; only the adapter's out
 - `..._describe`: describe, then answer. Training questions carry their image's reference caption as context
   ("Context: <caption>" before the question, as `hf_vadapter.experts` puts it); at evaluation the model first
   captions each image and answers with that caption as context;
+- `..._caps<p>`: the caption rows repeated until they are about p% of the training rows (`_describe` answers from the
+  model's own caption, so its captions carry the binding; 1 row in 6 is a caption otherwise);
 - `..._lr<x>`: peak learning rate x instead of 2e-3 (e.g. `base_lr6e-3`);
 - `..._first`: the image before the question instead of after it.
 
@@ -61,6 +63,7 @@ from hf_vadapter import (  # noqa: E402
 from hf_vadapter.data.synthetic import HELDOUT_SPLIT, QUESTION_TYPES, build_synthetic_dataset  # noqa: E402
 from hf_vadapter.modeling.mlp_projector import caption_token_vocabulary, grid_position_prefixes  # noqa: E402
 from hf_vadapter.modeling.safe_io import load_safetensors, save_safetensors  # noqa: E402
+from hf_vadapter.training.caption_share import caption_copies  # noqa: E402
 from hf_vadapter.training.dtype_choice import choose_language_model_dtype  # noqa: E402
 
 IMAGE_SIZE, LAYERS, POOL, BATCH, LR, WARMUP = 126, [3, 6, 9], 3, 16, 2e-3, 30
@@ -233,6 +236,9 @@ def train_arm(name, config, paths, features, train_items, args, dtype, bags=None
     order = random.Random(args.seed)
     pack = "_pack" in name
     rows = list(train_items)
+    share = re.search(r"_caps(\d+)", name)
+    if share:
+        rows = with_caption_share(rows, int(share.group(1)) / 100)
     if pack:  # one unit per image, its turns in a seeded order
         by_index = defaultdict(list)
         for item in rows:
@@ -264,6 +270,13 @@ def train_arm(name, config, paths, features, train_items, args, dtype, bags=None
     model.eval()
     return {"model": model, "processor": processor, "lm_dtype": str(dtype), "step_s": statistics.median(step_times[5:] or step_times),
             "train_cpu_min": sum(step_times) / 60, "final_loss": statistics.mean(losses[-25:])}
+
+
+def with_caption_share(items: List[Dict], share: float) -> List[Dict]:
+    """`items` with every caption row repeated as often as makes captions about `share` of the rows."""
+    captions = [item for item in items if item["type"] == "caption"]
+    copies = caption_copies(len(captions), len(items) - len(captions), share)
+    return [item for item in items if item["type"] != "caption"] + captions * copies
 
 
 def with_caption_context(items: List[Dict], captions: Dict[int, str]) -> List[Dict]:

@@ -44,9 +44,11 @@ class Preset:
     pool_size: int = 3  # 9x9 patches -> 3x3 tokens, one per cell of the scenes' 3x3 layout
     # After the question, the visual tokens attend to it (measured against "start": docs/training.md).
     image_placement: str = "end"
-    # Describe, then answer (docs/describe_then_answer.md) wins at 600 steps, but its longer prompts make a step
-    # about 1.4 times as costly, and inside the default's 10 minutes it trains too few steps to pay (BENCHMARKS.md).
-    describe_then_answer: bool = False
+    # Describe, then answer (docs/describe_then_answer.md) with half the training rows captions: the answers come
+    # from the model's own descriptions, so the captions carry the binding (BENCHMARKS.md, "Binding lever sweep").
+    describe_then_answer: bool = True
+    # Repeat the caption rows to this share of the training rows (None: the data's own 1 in 6).
+    caption_share: Optional[float] = 0.5
     num_photo_questions: int = 1
 
 
@@ -90,6 +92,7 @@ def training_arguments(preset: Preset, vision_path, text_path, output: Path, see
         synthetic_seed=seed,
         max_length=64,
         describe_then_answer=preset.describe_then_answer,
+        caption_share=preset.caption_share,
     )
     training_args = VisionAdapterTrainingArguments(
         output_dir=str(output / "adapter"),

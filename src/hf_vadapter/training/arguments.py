@@ -192,12 +192,26 @@ class DataArguments:
             "describe each image first and answer after the model's own description (docs/describe_then_answer.md)."
         },
     )
+    caption_share: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Repeat the training caption rows until they make up about this share of the training rows "
+            "(between 0 and 1, e.g. 0.5); the other rows appear once per epoch. With describe_then_answer the "
+            "answers come from the model's own descriptions, so the captions carry what it binds "
+            "(docs/describe_then_answer.md)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASET_KINDS and not Path(self.dataset).exists():
             raise ValueError(
                 f"dataset={self.dataset!r} is none of {list(DATASET_KINDS)} and not an existing folder of a data set "
                 "saved with `datasets`."
+            )
+        if self.caption_share is not None and not 0.0 < self.caption_share < 1.0:
+            raise ValueError(
+                f"caption_share={self.caption_share!r} must lie strictly between 0 and 1 (the share of training rows "
+                "that are captions, e.g. 0.5), or be None to keep the data's own mix."
             )
 
     def task_list(self) -> Tuple[str, ...]:

@@ -24,6 +24,7 @@ from ..modeling.processing_vadapter import VisionAdapterProcessor
 from .arguments import DataArguments, ModelArguments, VisionAdapterTrainingArguments
 from .checkpointing import load_partial_adapter
 from .collator import VisionAdapterCollator
+from .caption_share import with_caption_share
 from .data import load_splits
 from .describe_then_answer import describe_prompt_of, with_reference_descriptions
 from .dtype_choice import resolve_language_model_dtype
@@ -126,6 +127,8 @@ def run_training(
         train_dataset = train_dataset.cast_column("image", datasets.Image(decode=False))
         if eval_dataset is not None:
             eval_dataset = eval_dataset.cast_column("image", datasets.Image(decode=False))
+    if data_args.caption_share is not None:  # after the cache: the repeated rows carry their image hashes
+        train_dataset = with_caption_share(train_dataset, data_args.caption_share)
     collator = VisionAdapterCollator(processor, max_length=data_args.max_length, feature_store=store)
     length_column = training_args.length_column_name
     if training_args.train_sampling_strategy == "group_by_length" and length_column not in train_dataset.column_names:

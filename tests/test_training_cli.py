@@ -72,6 +72,8 @@ def test_help(argv, capsys):
         (["--max_steps", "10"], {"max_steps": 10}),
         (["--describe-then-answer", "--max-steps", "600", "--no-clock"],
          {"describe_then_answer": True, "max_steps": 600, "train_minutes": None}),
+        (["--no-describe-then-answer"], {"describe_then_answer": False, "caption_share": None}),
+        (["--caption-share", "0.3"], {"caption_share": 0.3}),
     ],
 )
 def test_quickstart_flags_reach_run_quickstart(monkeypatch, flags, overrides):
@@ -85,6 +87,8 @@ def test_quickstart_flags_reach_run_quickstart(monkeypatch, flags, overrides):
         cli.main(["quickstart", "--image-placement", "middle"])
     with pytest.raises(SystemExit):
         cli.main(["quickstart", "--max-steps", "0"])
+    with pytest.raises(SystemExit):
+        cli.main(["quickstart", "--caption-share", "1"])
 
 
 def test_a_subcommand_is_one_function():

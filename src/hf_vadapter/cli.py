@@ -218,9 +218,17 @@ def quickstart_command(parser: argparse.ArgumentParser) -> Handler:
     )
     parser.add_argument(
         "--describe-then-answer",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="Train questions after their image's caption and answer after the model's own description "
-        "(docs/describe_then_answer.md); it pays from about 600 steps: pair it with --max-steps 600 --no-clock.",
+        "(docs/describe_then_answer.md; the preset's default). --no-describe-then-answer trains the plain recipe: "
+        "bare questions, the data's own caption share.",
+    )
+    parser.add_argument(
+        "--caption-share",
+        type=float,
+        default=None,
+        help="Repeat the caption rows to this share of the training rows, between 0 and 1 (default: the preset's).",
     )
     parser.add_argument("--max-steps", type=int, default=None, help="At most this many steps (default: the preset's).")
     parser.add_argument(
@@ -234,8 +242,14 @@ def quickstart_command(parser: argparse.ArgumentParser) -> Handler:
         from .quickstart import run_quickstart
 
         overrides = {} if args.image_placement is None else {"image_placement": args.image_placement}
-        if args.describe_then_answer:
-            overrides["describe_then_answer"] = True
+        if args.describe_then_answer is not None:
+            overrides["describe_then_answer"] = args.describe_then_answer
+            if not args.describe_then_answer:
+                overrides["caption_share"] = None
+        if args.caption_share is not None:
+            if not 0.0 < args.caption_share < 1.0:
+                parser.error(f"--caption-share must lie strictly between 0 and 1, got {args.caption_share}.")
+            overrides["caption_share"] = args.caption_share
         if args.max_steps is not None:
             if args.max_steps < 1:
                 parser.error(f"--max-steps must be at least 1, got {args.max_steps}.")

@@ -3,11 +3,12 @@
     python benchmarks/accuracy_curve.py                          # 3000 steps, a checkpoint every 500, 1 thread
     python benchmarks/accuracy_curve.py --steps 1000 --every 250
     python benchmarks/accuracy_curve.py --table                  # the results so far
-    python benchmarks/accuracy_curve.py --describe-then-answer --steps 1200 --every 300 \
-        --output-dir outputs/accuracy_curve_describe              # the same with describe, then answer
+    python benchmarks/accuracy_curve.py --recipe describe --steps 1200 --every 300 \
+        --output-dir outputs/accuracy_curve_describe              # describe, then answer with 1 caption row in 6
     python benchmarks/accuracy_curve.py --rescore --checkpoints 1000 3000 --seen-images 100   # seen vs unseen scenes
 
-One run of the quickstart's default (same preset, data, seed and LM dtype choice; `quickstart.training_arguments`),
+One run of the quickstart's default (`--recipe default`), or of the recipes it replaced: `plain` (bare questions)
+and `describe` (describe, then answer with the data's own caption share). Same preset, data, seed and LM dtype choice; `quickstart.training_arguments`),
 with the step count raised and no wall-clock budget, so the cosine schedule spans all `--steps`. An adapter-only
 checkpoint is saved every `--every` steps; each is evaluated on the VQA questions of the quickstart's `test` and
 `test_heldout` scenes. Each row records the process CPU minutes spent training up to that checkpoint, which on a quiet
@@ -44,6 +45,12 @@ from hf_vadapter.quickstart import PRESETS, training_arguments  # noqa: E402
 from hf_vadapter.training.run import run_training  # noqa: E402
 
 OUT = Path("outputs/accuracy_curve")
+# Preset fields of each recipe: the quickstart's own, and the two it replaced.
+RECIPES = {
+    "default": {},
+    "plain": {"describe_then_answer": False, "caption_share": None},
+    "describe": {"describe_then_answer": True, "caption_share": None},
+}
 SPLITS = ("test", HELDOUT_SPLIT)
 
 
@@ -123,8 +130,9 @@ def main(argv=None):
     parser.add_argument("--test-images", type=int, default=PRESETS["default"].num_test_images)
     parser.add_argument("--heldout-images", type=int, default=PRESETS["default"].num_heldout_images)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--describe-then-answer", action="store_true",
-                        help="train with the preset's describe_then_answer on (docs/describe_then_answer.md)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                        help="default: the quickstart's; plain: bare questions; describe: describe, then answer with "
+                        "the data's own caption share (docs/describe_then_answer.md)")
     parser.add_argument("--output-dir", default=str(OUT))
     parser.add_argument("--table", action="store_true", help="print the results file as a table and stop")
     parser.add_argument("--rescore", action="store_true", help="score the saved --checkpoints again; no training")
@@ -140,7 +148,7 @@ def main(argv=None):
         return table
     torch.set_num_threads(args.threads)
     preset = replace(PRESETS["default"], num_train_images=args.train_images, num_test_images=args.test_images,
-                     num_heldout_images=args.heldout_images, describe_then_answer=args.describe_then_answer)
+                     num_heldout_images=args.heldout_images, **RECIPES[args.recipe])
     if args.rescore:
         return rescore(args, output, preset)
     model_args, data_args, training_args = training_arguments(
@@ -154,6 +162,7 @@ def main(argv=None):
     dtype = model.language_model.dtype
     dtype_name = str(dtype).replace("torch.", "")
     recipe = "describe, then answer; " if preset.describe_then_answer else ""
+    recipe += f"caption rows {preset.caption_share:.0%} of the training rows; " if preset.caption_share else ""
     setting = (f"Machine: {machine()}. {recipe}LM in {dtype_name} (chosen at start-up by measurement); "
                f"{args.steps} steps of batch {preset.batch_size}, cosine over all of them, seed {args.seed}; "
                f"{preset.num_train_images} training scenes, VQA on {preset.num_test_images} test and "
